@@ -1,0 +1,21 @@
+"""Evaluate: ``python evaluate.py ckpt=<run dir | .ckpt | adapter dir | base>`` (see conf/evaluate.yaml)."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> dict:
+    from src.runtime import run_task
+    from src.evaluation import evaluate
+
+    return run_task(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Declarative LoRA fine-tuning with PyTorch Lightning and Hydra."""

@@ -1,0 +1,1 @@
+"""Callbacks: adapter export and the run report."""

@@ -1,0 +1,135 @@
+"""Source → target text pairs: split, tokenize, and collate with padding to each batch's own length.
+
+Dataset-specific modules only turn their raw files into a ``datasets.Dataset`` with ``uid``,
+``source`` and ``target`` columns (``load_pairs``); splitting, limits, tokenization through the
+model family's encoder, length-sorted evaluation loaders and the data report live here once.
+"""
+
+import hashlib
+from typing import Any
+
+import datasets
+import lightning as L
+import pyarrow.compute as pc
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForSeq2Seq
+
+from src.errors import UserError
+
+TEXT_COLUMNS = ("uid", "source", "target")
+
+
+class Seq2SeqPairEncoder:
+    """Encoder-decoder models: the source is the encoder input, the target the labels."""
+
+    def __init__(self, tokenizer, max_source_length: int, max_target_length: int):
+        self.tokenizer = tokenizer
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self._pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+    def fingerprint(self) -> str:
+        return f"seq2seq|{self.tokenizer.name_or_path}|{len(self.tokenizer)}|{self.max_source_length}|{self.max_target_length}"
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        enc = self.tokenizer(batch["source"], truncation=True, max_length=self.max_source_length)
+        labels = self.tokenizer(text_target=batch["target"], truncation=True, max_length=self.max_target_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "labels": labels["input_ids"], "length": [len(ids) for ids in enc["input_ids"]]}
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad to the longest sequence of this batch (labels with -100); keep the texts alongside."""
+        texts = {col: [f.pop(col) for f in features] for col in TEXT_COLUMNS}
+        for f in features:
+            f.pop("length", None)
+        batch = dict(self._pad(features))
+        return {**batch, **texts}
+
+
+ENCODERS = {"seq2seq": Seq2SeqPairEncoder}
+
+
+class TextPairDataModule(L.LightningDataModule):
+    """Base for text datasets. Subclasses implement ``load_pairs`` and ``skipped``."""
+
+    def __init__(self, tokenizer=None, encoding: str = "seq2seq", cache_dir: str = ".cache/datasets",
+                 max_source_length: int = 128, max_target_length: int = 128, batch_size: int = 8,
+                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 42,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, limit_train_samples: int | None = None,
+                 limit_val_samples: int | None = None, limit_test_samples: int | None = None):
+        super().__init__()
+        if encoding not in ENCODERS:
+            raise UserError(f"unknown text encoding {encoding!r}: expected one of {sorted(ENCODERS)}")
+        if not 0 < val_fraction + test_fraction < 1:
+            raise UserError("data.val_fraction + data.test_fraction must be between 0 and 1")
+        self.save_hyperparameters(ignore=["tokenizer"], logger=False)
+        self.tokenizer = tokenizer
+        self.cache_dir = cache_dir
+        self.splits: dict[str, datasets.Dataset] = {}
+        self.encoder = (ENCODERS[encoding](tokenizer, max_source_length, max_target_length)
+                        if tokenizer is not None else None)
+
+    # -- to implement per dataset ------------------------------------------------------------
+    def load_pairs(self) -> datasets.Dataset:
+        """All usable records with ``uid``, ``source`` and ``target`` columns."""
+        raise NotImplementedError
+
+    def skipped(self) -> dict[str, int]:
+        """Records dropped while loading, by reason."""
+        return {}
+
+    # -- shared ------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.load_pairs()  # builds the Arrow cache once, on one process
+
+    def split(self, pairs: datasets.Dataset) -> dict[str, datasets.Dataset]:
+        """Deterministic train/val/test split from the seed."""
+        hp = self.hparams
+        held_out = hp.val_fraction + hp.test_fraction
+        if len(pairs) < 3:
+            raise UserError(f"only {len(pairs)} usable records after cleaning — need at least 3 to split")
+        first = pairs.train_test_split(test_size=held_out, seed=hp.seed, shuffle=True)
+        second = first["test"].train_test_split(test_size=hp.test_fraction / held_out, seed=hp.seed, shuffle=True)
+        return {"train": first["train"], "val": second["train"], "test": second["test"]}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.encoder is None:
+            raise RuntimeError("the datamodule needs the model's tokenizer: instantiate it with tokenizer=")
+        hp = self.hparams
+        limits = {"train": hp.limit_train_samples, "val": hp.limit_val_samples, "test": hp.limit_test_samples}
+        for name, part in self.split(self.load_pairs()).items():
+            if limits[name] is not None:
+                part = part.select(range(min(limits[name], len(part))))
+            part = part.map(self.encoder, batched=True, desc=f"tokenize {name}",
+                            new_fingerprint=self._fingerprint(part, name))
+            if name != "train":  # generation is fastest on length-sorted batches
+                part = part.sort("length", reverse=True)
+            self.splits[name] = part
+
+    def _fingerprint(self, part: datasets.Dataset, name: str) -> str:
+        return hashlib.sha256(f"{part._fingerprint}|{name}|{self.encoder.fingerprint()}".encode()).hexdigest()[:16]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        batch_size = hp.batch_size if name == "train" else (hp.eval_batch_size or hp.batch_size)
+        return DataLoader(self.splits[name], batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
+                          collate_fn=self.encoder.collate, persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def report(self) -> dict[str, Any]:
+        """Sizes per split, records skipped by reason, token lengths (for the run report)."""
+        sizes = {name: len(part) for name, part in self.splits.items()}
+        lengths = {name: round(pc.mean(part.with_format("arrow")["length"]).as_py(), 1)
+                   for name, part in self.splits.items() if len(part)}
+        return {"name": type(self).__name__, "sizes": sizes, "skipped": self.skipped(),
+                "mean_source_tokens": lengths}

@@ -1,0 +1,9 @@
+"""User-facing errors: one line saying what is wrong and how to fix it, then a non-zero exit."""
+
+
+class UserError(Exception):
+    """A mistake in the user's config, data or environment (not a bug in the framework).
+
+    Entry points print ``str(error)`` as one line and exit with status 2; anything else that
+    escapes is a bug and keeps its traceback.
+    """

@@ -1,0 +1,1 @@
+"""Metrics: text generation (ROUGE-L, BLEU) through torchmetrics."""

@@ -1,0 +1,44 @@
+"""Adapter-only checkpoints: a LightningModule mixin shared by every model family."""
+
+import torch
+
+from src.errors import UserError
+
+
+class TrainableStateDictMixin:
+    """``state_dict()`` keeps only trainable weights, so checkpoints never hold the frozen base model.
+
+    With ``strict_loading = False`` Lightning restores such a checkpoint (resume, ``ckpt_path="best"``)
+    into a module whose base weights came from ``from_pretrained``.
+    """
+
+    strict_loading = False
+
+    def trainable_parameter_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        keep = {prefix + name for name in self.trainable_parameter_names()}
+        for key in [k for k in full if k not in keep]:
+            del full[key]
+        return full
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        missing_trainable = self.trainable_parameter_names() - set(state_dict)
+        if missing_trainable:
+            # the base weights are expected to be absent; missing adapter weights mean a wrong checkpoint
+            raise UserError(f"checkpoint lacks {len(missing_trainable)} adapter weights, e.g. "
+                           f"{sorted(missing_trainable)[0]} — it was saved by a different model or LoRA config; "
+                            "evaluate it with the config of the run that wrote it")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def count_parameters(self) -> dict[str, int]:
+        params = list(self.parameters())
+        return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+                "total": sum(p.numel() for p in params)}
+
+
+def trainable_state_from_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint file, loaded on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]

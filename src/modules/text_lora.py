@@ -1,0 +1,145 @@
+"""LoRA fine-tuning of a Hugging Face text-generation model, with generation-based evaluation.
+
+Shared by every text family (seq2seq, causal). A family subclass names its ``auto_class``, peft
+``task_type`` and data ``encoding``, and how to turn a batch into generated strings.
+"""
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
+
+from src.errors import UserError
+from src.metrics.text import TextGenerationMetrics
+from src.modules.adapter_checkpoint import TrainableStateDictMixin
+from src.pretrained.loading import load_pretrained, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+MODES = {"max": MaxMetric, "min": MinMetric}
+
+
+class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
+    auto_class: Any = None
+    task_type: str = ""
+    encoding: str = ""
+
+    def __init__(self, pretrained: str, lora: LoraConfig, optimizer, scheduler=None,
+                 generation: dict | None = None, monitor: str = "val/rougeL", mode: str = "max",
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"model.mode={mode!r} must be 'max' or 'min'")
+        stage, _, name = monitor.partition("/")
+        if stage != "val" or name not in ("rougeL", "bleu", "loss"):
+            raise UserError(f"model.monitor={monitor!r}: use val/rougeL, val/bleu or val/loss")
+        self.pretrained = str(pretrained)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.generation = dict(generation or {})
+        self.monitor, self.mode = monitor, mode
+
+        self.tokenizer = load_tokenizer(self.pretrained)
+        base = load_pretrained(self.auto_class, self.pretrained)
+        if gradient_checkpointing:
+            base.gradient_checkpointing_enable()
+            base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
+        base.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
+        lora.task_type = self.task_type
+        self.lora_config = lora
+        try:
+            self.model: PeftModel = get_peft_model(base, lora)
+        except ValueError as err:  # e.g. target_modules that the base model does not have
+            raise UserError(f"LoRA config does not fit {self.pretrained}: {str(err).splitlines()[0]} — "
+                            "set model.lora.target_modules to module names of this model") from err
+        params = self.count_parameters()
+        log.info("LoRA on %s: %d trainable of %d parameters (%.3f%%)", self.pretrained, params["trainable"],
+                 params["total"], 100 * params["trainable"] / params["total"])
+
+        self.metrics = torch.nn.ModuleDict({"val": TextGenerationMetrics(), "test": TextGenerationMetrics()})
+        self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.best = MODES[mode]()
+        self.predictions: list[dict[str, str]] = []
+
+    # -- family hooks ------------------------------------------------------------------------------
+    def generate_texts(self, batch: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    # -- training ----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["uid"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self.best.reset()  # forget the sanity-check validation
+
+    def _on_eval_epoch_start(self) -> None:
+        self.predictions = []
+
+    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
+
+    @torch.no_grad()
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        n = len(batch["uid"])
+        self.losses[stage].update(self(batch).loss, weight=n)
+        predictions = self.generate_texts(batch)
+        self.metrics[stage].update(predictions, batch["target"])
+        self.predictions += [{"uid": u, "input": s, "reference": t, "prediction": p}
+                             for u, s, t, p in zip(batch["uid"], batch["source"], batch["target"], predictions)]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _on_eval_epoch_end(self, stage: str) -> dict[str, float]:
+        scores = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
+        scores[f"{stage}/loss"] = self.losses[stage].compute()
+        self.metrics[stage].reset()
+        self.losses[stage].reset()
+        # metric states are already synced across processes, so every rank logs the same value
+        self.log_dict(scores, prog_bar=True)
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.best.update(scores[self.monitor])
+            self.log(f"{self.monitor}_best", self.best.compute(), prog_bar=False)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._on_eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._on_eval_epoch_end("test")
+
+    # -- adapters ----------------------------------------------------------------------------------
+    def export_adapter(self, directory: str) -> None:
+        """A standard PEFT adapter directory (config, safetensors, tokenizer) for ``PeftModel.from_pretrained``."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def load_adapter(self, directory: str) -> None:
+        set_peft_model_state_dict(self.model, load_peft_weights(directory, device="cpu"))
+
+    def report(self) -> dict[str, Any]:
+        lora = self.lora_config
+        return {"family": self.encoding, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
+                "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                         "target_modules": sorted(lora.target_modules or [])},
+                "parameters": self.count_parameters(), "generation": self.generation}

@@ -1,0 +1,1 @@
+"""Model and tokenizer builders: hub ids, local directories and tiny offline models."""

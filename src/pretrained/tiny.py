@@ -1,0 +1,104 @@
+"""Tiny models for offline runs and tests.
+
+A tiny model is built from a small config with a tokenizer trained locally (``tokenizers``) on
+the bundled sample text, saved once as an ordinary Hugging Face directory under the cache, and
+then loaded through the same ``from_pretrained`` path as a real model. The config resolves to
+that directory, so exported adapters name it as their ``base_model_name_or_path``.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import string
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+from src.errors import UserError
+
+SPECIAL_T5 = ["<pad>", "</s>", "<unk>"]
+
+
+def iter_corpus(files: list[str]) -> Iterator[str]:
+    """Every string value of every JSON line (or every plain line) of the corpus files."""
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise UserError(f"tiny-model corpus file not found: {path} — point corpus_files at the bundled sample")
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    yield line.strip()
+                    continue
+                if isinstance(record, dict):
+                    yield from (v for v in record.values() if isinstance(v, str))
+
+
+def _fingerprint(spec: dict, files: list[str]) -> str:
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for file in files:
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cached_build(cache_dir: str, name: str, spec: dict, corpus_files: list[str],
+                 build: Callable[[Path], None]) -> str:
+    """Build into ``cache_dir/<name>-<hash>`` once (atomically, under a lock); return the directory."""
+    files = [str(f) for f in corpus_files]
+    target = Path(cache_dir).expanduser().resolve() / f"{name}-{_fingerprint(spec, files)}"
+    if (target / "config.json").exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").exists():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+            try:
+                build(tmp)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def train_unigram_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A T5-style (SentencePiece Unigram, Metaspace) tokenizer that appends ``</s>``."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_T5, unk_token="<unk>",
+        # every printable ASCII character, so prompts and user input outside the corpus stay readable
+        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation)))
+    eos_id = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=model_max_length)
+
+
+def tiny_t5(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, d_model: int = 64,
+            d_ff: int = 128, num_layers: int = 2, num_heads: int = 4, d_kv: int = 16, seed: int = 0) -> str:
+    """Directory of a tiny T5 (random weights, locally trained tokenizer), built on first use."""
+    spec = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_layers=num_layers,
+                num_heads=num_heads, d_kv=d_kv, seed=seed, version=2)
+
+    def build(out: Path) -> None:
+        import torch
+
+        tokenizer = train_unigram_tokenizer(iter_corpus(corpus_files), vocab_size, model_max_length=512)
+        config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=d_ff, num_layers=num_layers,
+                          num_heads=num_heads, d_kv=d_kv, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        T5ForConditionalGeneration(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return cached_build(cache_dir, "tiny_t5", spec, corpus_files, build)

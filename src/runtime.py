@@ -1,0 +1,83 @@
+"""Wiring shared by the entry points: instantiation from config, hardware checks, user errors."""
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HALF_PRECISIONS = {"16-mixed", "16-true", "16", "bf16-mixed", "bf16-true", "bf16"}
+
+
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task(cfg)``; a ``UserError`` becomes one line on stderr and exit status 2."""
+    if logging.getLogger().handlers:  # Hydra's handlers already print Lightning's messages once
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+    try:
+        return task(cfg)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        log.debug("user error", exc_info=True)  # the traceback stays in the log file only
+        print(f"error: {user_error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind an exception, through wrappers such as Hydra's InstantiationException."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def check_trainer_config(trainer_cfg: DictConfig) -> None:
+    """Stop with one line, before any model is loaded, when the hardware cannot run this trainer."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    devices = trainer_cfg.get("devices", "auto")
+    if accelerator == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("trainer=mps needs Apple silicon with PyTorch's MPS backend, which this machine lacks "
+                            "— use trainer=cpu (or trainer=gpu on a CUDA machine)")
+        if precision in HALF_PRECISIONS:
+            raise UserError(f"precision {precision} is not supported on MPS — use trainer.precision=32-true")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and none is visible "
+                            "— use trainer=cpu, trainer=mps on Apple silicon, or check CUDA_VISIBLE_DEVICES")
+        if isinstance(devices, int) and devices > torch.cuda.device_count():
+            raise UserError(f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible "
+                            "— lower trainer.devices")
+        if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+            raise UserError(f"precision {precision} needs a GPU with bfloat16 (Ampere or newer) "
+                            "— use trainer.precision=16-mixed")
+    if accelerator == "cpu" and precision.startswith("16"):
+        raise UserError(f"precision {precision} is not supported on CPU — use 32-true or bf16-mixed")
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a config group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def build_model_and_data(cfg: DictConfig):
+    """The LightningModule from ``cfg.model`` and the datamodule fed with the module's tokenizer."""
+    module = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, tokenizer=module.tokenizer, encoding=module.encoding)
+    return module, datamodule

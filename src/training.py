@@ -1,0 +1,55 @@
+"""``train.py``: fit, export the best adapter, optionally test, report where everything is."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import UserError
+from src.runtime import build_model_and_data, check_trainer_config, instantiate_group
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    check_trainer_config(cfg.trainer)
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path} is not a file — pass a checkpoint such as "
+                        "<run dir>/checkpoints/last.ckpt")
+
+    module, datamodule = build_model_and_data(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+                                     logger=instantiate_group(cfg.get("logger")) or False)
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb else ""
+    best_score = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None
+    if cfg.get("test") and not trainer.interrupted:
+        # "best" restores the adapter weights of the best checkpoint (the final ones if none was kept)
+        trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    _print_summary(cfg, best, best_score, metrics)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
+def _print_summary(cfg: DictConfig, best: str, best_score: float | None, metrics: dict[str, float]) -> None:
+    callbacks = cfg.get("callbacks") or {}
+    lines = [f"run directory:   {cfg.paths.output_dir}"]
+    if best:
+        lines.append(f"best checkpoint: {best} ({cfg.model.monitor}={best_score:.4f})")
+    adapter = OmegaConf.select(callbacks, "export_adapter.dirpath")
+    if adapter and Path(adapter).is_dir():
+        lines.append(f"adapter:         {adapter}")
+    report = OmegaConf.select(callbacks, "run_report.path")
+    if report and Path(report).is_file():
+        lines.append(f"metrics:         {report}")
+    shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))}
+    if shown:
+        lines.append(f"scores:          {shown}")
+    log.info("done\n%s", "\n".join(lines))

@@ -1,0 +1,62 @@
+"""Shared fixtures: a per-session cache for tiny models and prepared data, config composition,
+and one short quickstart training run (through the real CLI) reused by the end-to-end tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub fails instead of downloading
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["LORAFIT_CACHE"] = str(path)
+    return path
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as the CLI would, with the run directory set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def run_cli(script: str, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+QUICK = ["experiment=quickstart", "logger=csv", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(cache_dir, tmp_path_factory) -> Path:
+    """A short quickstart run (6 epochs, 2 checkpoints kept + last) through ``python train.py``."""
+    run_dir = tmp_path_factory.mktemp("run")
+    run_cli("train.py", *QUICK, "trainer.max_epochs=6", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,123 @@
+"""Amazon datamodule: cleaning, bad records, deterministic split, per-batch padding, caching."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from src.datamodules.amazon import AmazonTitlesDataModule
+from src.datamodules.records import load_jsonl_records, skip_counts
+from src.errors import UserError
+from src.pretrained.tiny import tiny_t5
+from tests.conftest import ROOT
+
+SAMPLE = [str(ROOT / "data/samples/amazon/trn.json"), str(ROOT / "data/samples/amazon/tst.json")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(cache_dir):
+    return AutoTokenizer.from_pretrained(tiny_t5(str(cache_dir / "models"), SAMPLE))
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+GOOD = [json.dumps({"uid": f"u{i}", "title": f"<b>Lamp {i}</b>", "content": f"A lamp&amp;shade {i}.  <br/>Bright."})
+        for i in range(30)]
+BAD = ['{"uid": "x1", "title": "Cut off', json.dumps({"uid": "x2", "title": None, "content": "c"}),
+       json.dumps({"uid": "x3", "title": "t", "content": 5}), json.dumps(["not", "an", "object"]),
+       json.dumps({"uid": "x4", "title": "Lamp", "content": "<p> </p>"}), GOOD[0]]
+
+
+def make_dm(tmp_path, tokenizer, files, **kwargs):
+    return AmazonTitlesDataModule(train_file=files[0], test_file=files[1] if len(files) > 1 else None,
+                                  tokenizer=tokenizer, cache_dir=str(tmp_path / "ds"), **kwargs)
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path):
+    path = write_lines(tmp_path / "trn.json", GOOD + BAD)
+    records = load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))
+    assert skip_counts(records) == {"invalid_json": 2, "bad_field:title": 1, "bad_field:content": 1,
+                                    "empty:content": 1, "duplicate": 1}
+    good = records.filter(lambda r: r == "", input_columns="skip_reason")
+    assert len(good) == 30
+    assert good[0]["title"] == "Lamp 0" and good[0]["content"] == "A lamp&shade 0. Bright."
+
+
+def test_on_bad_record_error_names_file_and_line(tmp_path):
+    path = write_lines(tmp_path / "trn.json", GOOD[:3] + BAD)
+    with pytest.raises(UserError, match=r"trn\.json:4: bad record \(invalid JSON\).*on_bad_record=skip"):
+        load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"), on_bad_record="error")
+    clean = write_lines(tmp_path / "clean.json", GOOD)
+    assert len(load_jsonl_records([clean], ["title", "content"], str(tmp_path / "ds"), on_bad_record="error")) == 30
+
+
+def test_prepared_records_are_cached_and_invalidated_by_edits(tmp_path):
+    path = write_lines(tmp_path / "trn.json", GOOD)
+    first = load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))
+    again = load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))
+    assert again.cache_files == first.cache_files  # second load reads the Arrow cache
+    write_lines(tmp_path / "trn.json", GOOD[:10])
+    assert len(load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))) == 10
+
+
+def test_sample_split_is_deterministic_disjoint_and_80_10_10(tmp_path, tokenizer):
+    dm = make_dm(tmp_path, tokenizer, SAMPLE, seed=7)
+    dm.setup()
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    total = sum(sizes.values())
+    assert total == 598  # 602 lines, 2 empty descriptions, 2 duplicates
+    assert dm.report()["skipped"] == {"empty:content": 2, "duplicate": 2}
+    assert abs(sizes["train"] / total - 0.8) < 0.01 and abs(sizes["val"] - sizes["test"]) <= 1
+    uids = {k: set(v["uid"]) for k, v in dm.splits.items()}
+    assert not (uids["train"] & uids["val"] or uids["train"] & uids["test"] or uids["val"] & uids["test"])
+    dm2 = make_dm(tmp_path, tokenizer, SAMPLE, seed=7)
+    dm2.setup()
+    assert {k: set(v["uid"]) for k, v in dm2.splits.items()} == uids
+    dm3 = make_dm(tmp_path, tokenizer, SAMPLE, seed=8)
+    dm3.setup()
+    assert set(dm3.splits["val"]["uid"]) != uids["val"]
+
+
+def test_prompt_template_and_cleaning_reach_the_model_inputs(tmp_path, tokenizer):
+    dm = make_dm(tmp_path, tokenizer, SAMPLE, prompt_template="Describe: {title} =>")
+    dm.setup()
+    row = dm.splits["train"][0]
+    assert row["source"].startswith("Describe: ") and row["source"].endswith(" =>")
+    assert "<" not in row["target"] and "&amp;" not in row["target"] and "  " not in row["target"]
+    assert tokenizer.decode(row["input_ids"], skip_special_tokens=True).startswith("Describe:")
+
+
+def test_batches_are_padded_to_their_own_length(tmp_path, tokenizer):
+    dm = make_dm(tmp_path, tokenizer, SAMPLE, batch_size=4, eval_batch_size=4, max_source_length=128)
+    dm.setup()
+    for batch in list(dm.val_dataloader())[:5]:
+        lengths = batch["attention_mask"].sum(dim=1)
+        assert batch["input_ids"].shape[1] == int(lengths.max()) < 128
+        assert (batch["labels"] == -100).any() or batch["labels"].shape[1] == len(batch["labels"][0])
+        assert len(batch["target"]) == len(batch["uid"]) == batch["input_ids"].shape[0]
+    # evaluation batches are sorted longest first, so padding inside a batch is minimal
+    val_lengths = dm.splits["val"]["length"]
+    assert list(val_lengths) == sorted(val_lengths, reverse=True)
+
+
+def test_truncation_and_limits(tmp_path, tokenizer):
+    dm = make_dm(tmp_path, tokenizer, SAMPLE, max_source_length=8, max_target_length=5, limit_train_samples=10,
+                 limit_val_samples=7, limit_test_samples=3)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 10, "val": 7, "test": 3}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[1] <= 8 and batch["labels"].shape[1] <= 5
+    assert batch["labels"].dtype == torch.long
+
+
+def test_user_mistakes_in_data_config(tmp_path, tokenizer):
+    with pytest.raises(UserError, match="data file not found"):
+        make_dm(tmp_path, tokenizer, [str(tmp_path / "missing.json")]).setup()
+    with pytest.raises(UserError, match="must contain '{title}'"):
+        make_dm(tmp_path, tokenizer, SAMPLE, prompt_template="no placeholder")
+    with pytest.raises(UserError, match="on_bad_record"):
+        make_dm(tmp_path, tokenizer, SAMPLE, on_bad_record="ignore").setup()
