@@ -1,5 +1,6 @@
 """``train.py``: fit, export the best adapter, optionally test, report where everything is."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -28,26 +29,28 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""
-    best_score = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else None
     if cfg.get("test") and not trainer.interrupted:
         # "best" restores the adapter weights of the best checkpoint (the final ones if none was kept)
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    _print_summary(cfg, best, best_score, metrics)
+    _print_summary(cfg, best, metrics)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
-def _print_summary(cfg: DictConfig, best: str, best_score: float | None, metrics: dict[str, float]) -> None:
+def _print_summary(cfg: DictConfig, best: str, metrics: dict[str, float]) -> None:
     callbacks = cfg.get("callbacks") or {}
+    report = OmegaConf.select(callbacks, "run_report.path")
+    report = Path(report) if report and Path(report).is_file() else None
+    adapter = OmegaConf.select(callbacks, "export_adapter.dirpath")
     lines = [f"run directory:   {cfg.paths.output_dir}"]
     if best:
-        lines.append(f"best checkpoint: {best} ({cfg.model.monitor}={best_score:.4f})")
-    adapter = OmegaConf.select(callbacks, "export_adapter.dirpath")
+        # read back from the report: under ddp_spawn the score stays in the process that trained
+        score = json.loads(report.read_text())["best_checkpoint"]["score"] if report else None
+        lines.append(f"best checkpoint: {best} ({cfg.model.monitor}={score})")
     if adapter and Path(adapter).is_dir():
         lines.append(f"adapter:         {adapter}")
-    report = OmegaConf.select(callbacks, "run_report.path")
-    if report and Path(report).is_file():
+    if report:
         lines.append(f"metrics:         {report}")
     shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))}
     if shown:

@@ -61,6 +61,7 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
 
         self.metrics = torch.nn.ModuleDict({"val": TextGenerationMetrics(), "test": TextGenerationMetrics()})
         self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.train_loss = MeanMetric()
         self.best = MODES[mode]()
         self.predictions: list[dict[str, str]] = []
 
@@ -74,7 +75,8 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["uid"]))
+        self.train_loss(loss)  # a Metric object: the epoch value is averaged across processes once
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
@@ -115,11 +117,12 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         scores[f"{stage}/loss"] = self.losses[stage].compute()
         self.metrics[stage].reset()
         self.losses[stage].reset()
-        # metric states are already synced across processes, so every rank logs the same value
-        self.log_dict(scores, prog_bar=True)
+        # compute() already synced the metric states, so every rank holds the same values and
+        # sync_dist's mean leaves them unchanged
+        self.log_dict(scores, prog_bar=True, sync_dist=True)
         if stage == "val" and not self.trainer.sanity_checking:
             self.best.update(scores[self.monitor])
-            self.log(f"{self.monitor}_best", self.best.compute(), prog_bar=False)
+            self.log(f"{self.monitor}_best", self.best.compute(), sync_dist=True)
         return scores
 
     def on_validation_epoch_end(self) -> None:

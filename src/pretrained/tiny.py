@@ -88,14 +88,14 @@ def tiny_t5(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, d_m
             d_ff: int = 128, num_layers: int = 2, num_heads: int = 4, d_kv: int = 16, seed: int = 0) -> str:
     """Directory of a tiny T5 (random weights, locally trained tokenizer), built on first use."""
     spec = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_layers=num_layers,
-                num_heads=num_heads, d_kv=d_kv, seed=seed, version=2)
+                num_heads=num_heads, d_kv=d_kv, seed=seed, version=3)
 
     def build(out: Path) -> None:
         import torch
 
         tokenizer = train_unigram_tokenizer(iter_corpus(corpus_files), vocab_size, model_max_length=512)
         config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=d_ff, num_layers=num_layers,
-                          num_heads=num_heads, d_kv=d_kv, pad_token_id=tokenizer.pad_token_id,
+                          num_heads=num_heads, d_kv=d_kv, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
         torch.manual_seed(seed)
         T5ForConditionalGeneration(config).save_pretrained(out)
