@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 from src.errors import UserError
 
@@ -102,3 +102,35 @@ def tiny_t5(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, d_m
         tokenizer.save_pretrained(out)
 
     return cached_build(cache_dir, "tiny_t5", spec, corpus_files, build)
+
+
+def train_byte_bpe_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer whose only special token is ``<|endoftext|>``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", model_max_length=model_max_length)
+
+
+def tiny_gpt2(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, n_embd: int = 64, n_layer: int = 2,
+              n_head: int = 4, n_positions: int = 512, seed: int = 0) -> str:
+    """Directory of a tiny GPT-2 (random weights, locally trained byte-level BPE), built on first use."""
+    spec = dict(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
+                seed=seed, version=1)
+
+    def build(out: Path) -> None:
+        import torch
+
+        tokenizer = train_byte_bpe_tokenizer(iter_corpus(corpus_files), vocab_size, model_max_length=n_positions)
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                            n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(seed)
+        GPT2LMHeadModel(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return cached_build(cache_dir, "tiny_gpt2", spec, corpus_files, build)

@@ -1,0 +1,25 @@
+"""LoRA fine-tuning of decoder-only LMs (DialoGPT, GPT-2, any AutoModelForCausalLM)."""
+
+from typing import Any
+
+from peft import TaskType
+from transformers import AutoModelForCausalLM
+
+from src.modules.text_lora import TextLoRAModule
+
+
+class CausalLoRAModule(TextLoRAModule):
+    auto_class = AutoModelForCausalLM
+    task_type = TaskType.CAUSAL_LM
+    encoding = "causal"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding is masked anyway
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def generate_texts(self, batch: dict[str, Any]) -> list[str]:
+        prompts = batch["prompt_input_ids"]  # left-padded: every continuation starts at the same column
+        out = self.model.generate(input_ids=prompts, attention_mask=batch["prompt_attention_mask"],
+                                  pad_token_id=self.tokenizer.pad_token_id, **self.generation)
+        return [t.strip() for t in self.tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)]
