@@ -7,3 +7,7 @@ class UserError(Exception):
     Entry points print ``str(error)`` as one line and exit with status 2; anything else that
     escapes is a bug and keeps its traceback.
     """
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
