@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks.run_report import to_builtin, write_json
 from src.errors import UserError
 from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
-from src.runtime import build_model_and_data, check_trainer_config
+from src.runtime import build_model_and_data, check_hardware
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     target = resolve_target(cfg.ckpt, cfg.get("config_from"))
     if target.run_dir is not None:
         cfg = _with_run_config(cfg, target.run_dir)
-    check_trainer_config(cfg.trainer)
+    check_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     module, datamodule = build_model_and_data(cfg)

@@ -1,12 +1,14 @@
 """Wiring shared by the entry points: instantiation from config, hardware checks, user errors."""
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from src.errors import UserError
@@ -24,6 +26,8 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             logging.getLogger(name).propagate = True
     try:
         return task(cfg)
+    except SIGTERMException:  # Lightning saved what it could; a plain SystemExit() would report success
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is None:
@@ -42,6 +46,14 @@ def find_user_error(err: BaseException | None) -> UserError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """Everything the hardware must support, checked before any model is loaded."""
+    from src.pretrained.quantization import check_quantization
+
+    check_quantization(cfg.model.get("quantization"))
+    check_trainer_config(cfg.trainer)
 
 
 def check_trainer_config(trainer_cfg: DictConfig) -> None:
@@ -67,6 +79,20 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
                             "— use trainer.precision=16-mixed")
     if accelerator == "cpu" and precision.startswith("16"):
         raise UserError(f"precision {precision} is not supported on CPU — use 32-true or bf16-mixed")
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    """Lightning's ``ddp`` re-runs the script per GPU with ``sys.argv``; under a Hydra multirun that would
+    start a sweep in every child. ``ddp_spawn`` (or a Hydra launcher per job) works."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    multi = devices not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and strategy == "ddp" and multi:
+        raise UserError("trainer.strategy=ddp cannot run inside a Hydra multirun (each process would restart the "
+                        "sweep) — use trainer.strategy=ddp_spawn, or a cluster launcher (hydra/launcher=...)")
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

@@ -9,31 +9,36 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
-from src.runtime import build_model_and_data, check_trainer_config, instantiate_group
+from src.runtime import build_model_and_data, check_hardware, check_launcher, instantiate_group
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
-    check_trainer_config(cfg.trainer)
+    check_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise UserError(f"ckpt_path={ckpt_path} is not a file — pass a checkpoint such as "
                         "<run dir>/checkpoints/last.ckpt")
 
+    check_launcher(cfg)
     module, datamodule = build_model_and_data(cfg)
+    # here, not only in a spawned worker, so data errors surface as one line (and the cache is built once)
+    datamodule.prepare_data()
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                                      logger=instantiate_group(cfg.get("logger")) or False)
+    metrics: dict[str, float] = {}
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}  # test() resets them
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb else ""
     if cfg.get("test") and not trainer.interrupted:
-        # "best" restores the adapter weights of the best checkpoint (the final ones if none was kept)
-        trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+        # "best" restores the adapter weights of the best checkpoint; without training, the given one
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or ckpt_path)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     _print_summary(cfg, best, metrics)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub fails instead of downloading
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import src.resolvers  # noqa: E402,F401  (resolvers used by conf/)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 

@@ -30,7 +30,8 @@ def test_experiment_composes_with_every_trainer(experiment, trainer, tmp_path):
 def test_groups_compose(group, options, tmp_path):
     for option in options:
         cfg = compose_config("train", [f"{group}={option}"], tmp_path)
-        OmegaConf.to_container(cfg, resolve=False)
+        # every interpolation outside Hydra's own node resolves
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
 def test_reference_experiment_matches_reference_setup(tmp_path):
@@ -54,6 +55,12 @@ def test_optuna_sweep_composes_and_maximises_monitor(tmp_path):
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.model.mode == "max"
     assert cfg.optimized_metric == "val/rougeL_best"
     assert "model.lora.r" in cfg.hydra.sweeper.params
+
+
+def test_optuna_direction_follows_the_monitor_mode(tmp_path):
+    cfg = compose_config("train", ["hparams_search=rouge_optuna", "model.monitor=val/loss", "model.mode=min"],
+                         tmp_path)
+    assert cfg.hydra.sweeper.direction == "minimize" and cfg.optimized_metric == "val/loss_best"
 
 
 def test_evaluate_config_composes(tmp_path):

@@ -40,7 +40,8 @@ def test_run_report_has_every_section(trained_run):
     assert len(logged) == 6 and best["score"] == pytest.approx(max(logged), abs=1e-6)
     assert report["final_metrics"]["val/rougeL_best"] == pytest.approx(max(logged), abs=1e-6)
     assert "test/rougeL" in report["final_metrics"] and "test/bleu" in report["final_metrics"]
-    assert (trained_run / "train.log").stat().st_size > 0
+    log = (trained_run / "train.log").read_text()
+    assert "epoch 6/6 | train/loss" in log and "| val/rougeL " in log  # one summary line per epoch
     kept = sorted(p.name for p in (trained_run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in kept and len(kept) == 3  # top-2 by val/rougeL + last
 
@@ -107,9 +108,39 @@ def test_exported_adapter_loads_with_plain_peft_and_generates(trained_run):
 def test_resume_from_last_checkpoint_continues_the_step_count(trained_run, tmp_path):
     run_cli("train.py", *QUICK, "trainer.max_epochs=7", "test=false",
             f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}")
-    assert read_json(tmp_path / "metrics.json")["training"]["global_step"] == 7 * STEPS_PER_EPOCH
+    report = read_json(tmp_path / "metrics.json")
+    assert report["training"]["global_step"] == 7 * STEPS_PER_EPOCH
+    # the best score so far travels in the checkpoint, so *_best covers the whole run
+    first_best = read_json(trained_run / "metrics.json")["best_checkpoint"]["score"]
+    assert report["final_metrics"]["val/rougeL_best"] >= first_best - 1e-6
     epochs = {int(r["epoch"]) for r in csv.DictReader(open(tmp_path / "csv" / "metrics.csv")) if r.get("epoch")}
     assert epochs == {6}  # only the one remaining epoch was trained
+
+
+def test_test_only_run_evaluates_the_given_checkpoint(trained_run, tmp_path):
+    best = read_json(trained_run / "metrics.json")
+    run_cli("train.py", *QUICK, "train=false", "test=true", f"ckpt_path={best['best_checkpoint']['path']}",
+            f"hydra.run.dir={tmp_path}")
+    log = (tmp_path / "train.log").read_text()
+    assert f"'test/rougeL': {round(best['final_metrics']['test/rougeL'], 4)}" in log
+
+
+def test_adapter_that_does_not_match_the_model_config_is_refused(trained_run, tmp_path):
+    proc = run_cli("evaluate.py", f"ckpt={trained_run / 'adapter'}", "model.lora.r=4", f"hydra.run.dir={tmp_path}",
+                   check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: adapter {trained_run / 'adapter'} has r=16 but the model config has 4 — set model.lora.r to match"]
+    proc = run_cli("evaluate.py", f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "model.lora.r=4",
+                   f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "the LoRA settings differ" in proc.stderr
+
+
+def test_data_error_under_ddp_spawn_is_one_line(cache_dir, tmp_path):
+    proc = run_cli("train.py", *QUICK, "trainer=ddp_sim", "data.train_file=/no/such.json", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: data file not found: /no/such.json")
+    assert "Traceback" not in proc.stderr
 
 
 def test_fast_dev_run_in_process(cache_dir, tmp_path):
@@ -145,8 +176,9 @@ def test_user_mistakes_end_with_one_line(cache_dir, tmp_path):
 
 
 def test_optuna_sweep_runs_trials_and_reports_the_best(cache_dir, tmp_path):
+    # with test=true (the quickstart's), so the returned val/rougeL_best must survive the test stage
     run_cli("train.py", "-m", "hparams_search=rouge_optuna", *QUICK, "hydra.sweeper.n_trials=2", "debug=limit",
-            "test=false", f"hydra.sweep.dir={tmp_path}")
+            f"hydra.sweep.dir={tmp_path}")
     results = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_params" in results and "model.lora.r" in results
     assert (tmp_path / "0" / "metrics.json").is_file() and (tmp_path / "1" / "metrics.json").is_file()

@@ -10,7 +10,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from src.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,25 @@ def write_json(path: str | Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def fit_end_reason(trainer: L.Trainer) -> str:
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+            return f"early_stopping: {callback.monitor} did not improve for {callback.patience} validations"
+    if trainer.max_steps not in (-1, None) and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    return "max_epochs"
+
+
+def exception_reason(exception: BaseException) -> str:
+    if isinstance(exception, KeyboardInterrupt):
+        return "interrupted: Ctrl+C"
+    if isinstance(exception, SIGTERMException):
+        return "interrupted: SIGTERM"
+    if isinstance(exception, NonFiniteLossError):
+        return "non_finite_loss"
+    return f"error: {type(exception).__name__}: {exception}"
+
+
 class RunReport(L.Callback):
     """Hardware, data, model, training and best-checkpoint sections plus the final metrics."""
 
@@ -39,6 +62,7 @@ class RunReport(L.Callback):
         self.path = path
         self.started = 0.0
         self.train_samples = 0
+        self.stop_reason: str | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -48,6 +72,13 @@ class RunReport(L.Callback):
         self.train_samples += len(batch["uid"]) if isinstance(batch, dict) and "uid" in batch else 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop_reason = self.stop_reason or fit_end_reason(trainer)
+        self.write(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit":
+            return
+        self.stop_reason = exception_reason(exception)
         self.write(trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -76,7 +107,7 @@ class RunReport(L.Callback):
                 "global_step": trainer.global_step, "epochs": trainer.current_epoch,
                 "runtime_s": round(runtime, 2),
                 "train_samples_per_s": round(self.train_samples * trainer.world_size / runtime, 2) if runtime else None,
-                "world_size": trainer.world_size,
+                "world_size": trainer.world_size, "stop_reason": self.stop_reason,
             }
             report["best_checkpoint"] = {
                 "path": ckpt.best_model_path if ckpt else None, "monitor": ckpt.monitor if ckpt else None,

@@ -11,6 +11,8 @@ from typing import Any
 import datasets
 import lightning as L
 import pyarrow.compute as pc
+import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
@@ -39,18 +41,69 @@ class Seq2SeqPairEncoder:
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad to the longest sequence of this batch (labels with -100); keep the texts alongside."""
-        texts = {col: [f.pop(col) for f in features] for col in TEXT_COLUMNS}
-        for f in features:
-            f.pop("length", None)
-        batch = dict(self._pad(features))
+        texts = {col: [f[col] for f in features] for col in TEXT_COLUMNS}
+        batch = dict(self._pad([{k: f[k] for k in ("input_ids", "attention_mask", "labels")} for f in features]))
         return {**batch, **texts}
 
 
-ENCODERS = {"seq2seq": Seq2SeqPairEncoder}
+class CausalPairEncoder:
+    """Decoder-only models: ``prompt + target + eos`` is one sequence and only target tokens carry a loss.
+
+    Training batches are right-padded; each batch also carries the prompts alone, left-padded, so
+    batched generation continues every prompt from the same position.
+    """
+
+    def __init__(self, tokenizer, max_source_length: int, max_target_length: int):
+        if tokenizer.eos_token_id is None:
+            raise UserError(f"tokenizer {tokenizer.name_or_path} has no eos token; a causal LM needs one to end targets")
+        self.tokenizer = tokenizer
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def fingerprint(self) -> str:
+        return f"causal|{self.tokenizer.name_or_path}|{len(self.tokenizer)}|{self.max_source_length}|{self.max_target_length}"
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        tok = self.tokenizer
+        prompts = tok(batch["source"], truncation=True, max_length=self.max_source_length,
+                      add_special_tokens=False)["input_ids"]
+        # a leading space so the target's first word is tokenized as it is inside running text
+        targets = tok([" " + t for t in batch["target"]], truncation=True, max_length=self.max_target_length - 1,
+                      add_special_tokens=False)["input_ids"]
+        input_ids = [p + t + [tok.eos_token_id] for p, t in zip(prompts, targets)]
+        labels = [[-100] * len(p) + t + [tok.eos_token_id] for p, t in zip(prompts, targets)]
+        return {"input_ids": input_ids, "labels": labels, "prompt_ids": prompts,
+                "length": [len(p) for p in prompts]}
+
+    def _pad(self, seqs: list[list[int]], value: int, side: str) -> torch.Tensor:
+        return pad_sequence([torch.tensor(s, dtype=torch.long) for s in seqs], batch_first=True,
+                            padding_value=value, padding_side=side)
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        texts = {col: [f[col] for f in features] for col in TEXT_COLUMNS}
+        ids = [f["input_ids"] for f in features]
+        prompts = [f["prompt_ids"] for f in features]
+        ones = [[1] * len(s) for s in ids]
+        return {"input_ids": self._pad(ids, self.pad_id, "right"),
+                "attention_mask": self._pad(ones, 0, "right"),
+                "labels": self._pad([f["labels"] for f in features], -100, "right"),
+                "prompt_input_ids": self._pad(prompts, self.pad_id, "left"),
+                "prompt_attention_mask": self._pad([[1] * len(p) for p in prompts], 0, "left"),
+                **texts}
+
+
+ENCODERS = {"seq2seq": Seq2SeqPairEncoder, "causal": CausalPairEncoder}
 
 
 class TextPairDataModule(L.LightningDataModule):
-    """Base for text datasets. Subclasses implement ``load_pairs`` and ``skipped``."""
+    """Base for text datasets. Subclasses implement ``load_pairs`` and ``skipped``.
+
+    ``stratify_column`` (a ClassLabel column of the pairs) keeps its class proportions in every split;
+    ``test_fraction=0`` means no separate test set: the test split is the validation split.
+    """
+
+    stratify_column: str | None = None
 
     def __init__(self, tokenizer=None, encoding: str = "seq2seq", cache_dir: str = ".cache/datasets",
                  max_source_length: int = 128, max_target_length: int = 128, batch_size: int = 8,
@@ -60,8 +113,9 @@ class TextPairDataModule(L.LightningDataModule):
         super().__init__()
         if encoding not in ENCODERS:
             raise UserError(f"unknown text encoding {encoding!r}: expected one of {sorted(ENCODERS)}")
-        if not 0 < val_fraction + test_fraction < 1:
-            raise UserError("data.val_fraction + data.test_fraction must be between 0 and 1")
+        if not (val_fraction > 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
+            raise UserError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction}: the first "
+                            "must be above 0, the second 0 or more, and together less than 1")
         self.save_hyperparameters(ignore=["tokenizer"], logger=False)
         self.tokenizer = tokenizer
         self.cache_dir = cache_dir
@@ -86,10 +140,20 @@ class TextPairDataModule(L.LightningDataModule):
         """Deterministic train/val/test split from the seed."""
         hp = self.hparams
         held_out = hp.val_fraction + hp.test_fraction
-        if len(pairs) < 3:
-            raise UserError(f"only {len(pairs)} usable records after cleaning — need at least 3 to split")
-        first = pairs.train_test_split(test_size=held_out, seed=hp.seed, shuffle=True)
-        second = first["test"].train_test_split(test_size=hp.test_fraction / held_out, seed=hp.seed, shuffle=True)
+        smallest = min(f for f in (hp.val_fraction, hp.test_fraction, 1 - held_out) if f > 0)
+        if len(pairs) * smallest < 1:
+            raise UserError(f"only {len(pairs)} usable records after cleaning: too few for a "
+                            f"{1 - held_out:.0%}/{hp.val_fraction:.0%}/{hp.test_fraction:.0%} split — add data or "
+                            "change data.val_fraction / data.test_fraction")
+        by = dict(seed=hp.seed, shuffle=True, stratify_by_column=self.stratify_column)
+        try:
+            first = pairs.train_test_split(test_size=held_out, **by)
+            if not hp.test_fraction:
+                return {"train": first["train"], "val": first["test"], "test": first["test"]}
+            second = first["test"].train_test_split(test_size=hp.test_fraction / held_out, **by)
+        except ValueError as err:  # stratification needs every class in every split
+            raise UserError(f"cannot split {len(pairs)} records stratified by {self.stratify_column}: "
+                            f"{str(err).splitlines()[0]} — add records or raise data.val_fraction") from err
         return {"train": first["train"], "val": second["train"], "test": second["test"]}
 
     def setup(self, stage: str | None = None) -> None:

@@ -6,16 +6,30 @@
 {'bleu': 60.653, 'rougeL': 0.8}
 """
 
+import re
+
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def unicode_normalizer(text: str) -> str:
+    """Lower-case and keep word characters of any script (the default keeps only a-z0-9,
+    which would make "coração" and "ação" share tokens).
+
+    >>> unicode_normalizer("Coração, ação!")
+    'coração ação'
+    """
+    return _NON_WORD.sub(" ", text.lower()).strip()
 
 
 class RougeL(ROUGEScore):
     """ROUGE-L F-measure only (ROUGE-Lsum would need an NLTK download; ROUGE-L does not)."""
 
     def __init__(self, **kwargs):
-        super().__init__(rouge_keys="rougeL", **kwargs)
+        super().__init__(rouge_keys="rougeL", normalizer=unicode_normalizer, **kwargs)
 
     def update(self, preds: list[str], target: list[str]) -> None:
         super().update(preds, target)

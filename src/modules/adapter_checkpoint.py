@@ -31,6 +31,11 @@ class TrainableStateDictMixin:
             raise UserError(f"checkpoint lacks {len(missing_trainable)} adapter weights, e.g. "
                            f"{sorted(missing_trainable)[0]} — it was saved by a different model or LoRA config; "
                             "evaluate it with the config of the run that wrote it")
+        own = dict(self.named_parameters())
+        wrong = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+        if wrong:
+            raise UserError(f"checkpoint weight {wrong[0]} has shape {tuple(state_dict[wrong[0]].shape)}, the model "
+                            f"expects {tuple(own[wrong[0]].shape)} — the LoRA settings differ (model.lora.r?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def count_parameters(self) -> dict[str, int]:
@@ -41,4 +46,10 @@ class TrainableStateDictMixin:
 
 def trainable_state_from_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning checkpoint file, loaded on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or not a torch file
+        raise UserError(f"cannot read checkpoint {path}: {err} — pass a .ckpt written by train.py") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict) — pass a .ckpt written by train.py")
+    return checkpoint["state_dict"]

@@ -9,17 +9,24 @@ from typing import Any
 
 import lightning as L
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
 from src.errors import UserError
 from src.metrics.text import TextGenerationMetrics
 from src.modules.adapter_checkpoint import TrainableStateDictMixin
+from src.modules.guards import check_finite_loss
 from src.pretrained.loading import load_pretrained, load_tokenizer
+from src.pretrained.quantization import check_quantization, prepare_for_kbit, quantized_load_kwargs
 
 log = logging.getLogger(__name__)
 
 MODES = {"max": MaxMetric, "min": MinMetric}
+
+
+def _comparable(value: Any) -> Any:
+    """LoRA settings as plain, order-free values (target_modules may be a set, a list or "all-linear")."""
+    return sorted(value) if isinstance(value, (set, list, tuple)) else value
 
 
 class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
@@ -29,7 +36,7 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
 
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, scheduler=None,
                  generation: dict | None = None, monitor: str = "val/rougeL", mode: str = "max",
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, quantization: str | None = None):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"model.mode={mode!r} must be 'max' or 'min'")
@@ -42,9 +49,13 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         self.generation = dict(generation or {})
         self.monitor, self.mode = monitor, mode
 
+        self.quantization = quantization
+        check_quantization(quantization)
         self.tokenizer = load_tokenizer(self.pretrained)
-        base = load_pretrained(self.auto_class, self.pretrained)
-        if gradient_checkpointing:
+        base = load_pretrained(self.auto_class, self.pretrained, **quantized_load_kwargs(quantization))
+        if quantization:
+            base = prepare_for_kbit(base, gradient_checkpointing)
+        elif gradient_checkpointing:
             base.gradient_checkpointing_enable()
             base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
         base.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
@@ -75,8 +86,10 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        self.train_loss(loss)  # a Metric object: the epoch value is averaged across processes once
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        check_finite_loss(self, loss)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.train_loss.update(loss)  # a Metric object: the epoch mean is synced across processes once
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         return loss
 
     def configure_optimizers(self):
@@ -89,8 +102,14 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation --------------------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        self.best.reset()  # forget the sanity-check validation
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the best score is metric state, not a parameter: keep it so a resumed run's *_best is honest
+        checkpoint["best_score"] = self.best.compute().item() if self.best.update_called else None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best.reset()
+        if checkpoint.get("best_score") is not None:
+            self.best.update(torch.tensor(checkpoint["best_score"]))
 
     def _on_eval_epoch_start(self) -> None:
         self.predictions = []
@@ -120,7 +139,7 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         # compute() already synced the metric states, so every rank holds the same values and
         # sync_dist's mean leaves them unchanged
         self.log_dict(scores, prog_bar=True, sync_dist=True)
-        if stage == "val" and not self.trainer.sanity_checking:
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.best.update(scores[self.monitor])
             self.log(f"{self.monitor}_best", self.best.compute(), sync_dist=True)
         return scores
@@ -138,11 +157,22 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         self.tokenizer.save_pretrained(directory)
 
     def load_adapter(self, directory: str) -> None:
-        set_peft_model_state_dict(self.model, load_peft_weights(directory, device="cpu"))
+        """Load an exported adapter; its LoRA shape must match this module's (the scaling depends on it)."""
+        saved = PeftConfig.from_pretrained(directory)
+        for name in ("r", "lora_alpha", "target_modules"):
+            theirs, ours = _comparable(getattr(saved, name)), _comparable(getattr(self.lora_config, name))
+            if theirs != ours:
+                raise UserError(f"adapter {directory} has {name}={theirs} but the model config has {ours} "
+                                f"— set model.lora.{name} to match")
+        result = set_peft_model_state_dict(self.model, load_peft_weights(directory, device="cpu"))
+        unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+        if unexpected:
+            raise UserError(f"adapter {directory} holds weights this model lacks, e.g. {unexpected[0]}")
 
     def report(self) -> dict[str, Any]:
         lora = self.lora_config
-        return {"family": self.encoding, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
+        return {"family": self.encoding, "base": self.pretrained, "quantization": self.quantization,
+                "monitor": self.monitor, "mode": self.mode,
                 "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                         "target_modules": sorted(lora.target_modules or [])},
+                         "target_modules": _comparable(lora.target_modules)},
                 "parameters": self.count_parameters(), "generation": self.generation}
