@@ -113,7 +113,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                      callbacks=[], enable_checkpointing=False)
     run = trainer.validate if cfg.split == "val" else trainer.test
     if target.kind == "base":
-        with module.model.disable_adapter():
+        with module.adapters_disabled():
             results = run(module, datamodule=datamodule, verbose=True)
     else:
         results = run(module, datamodule=datamodule, verbose=True)
@@ -125,8 +125,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "evaluated": {"kind": target.kind, "path": target.path, "run_dir": str(target.run_dir or ""),
                       "split": cfg.split, "samples": len(module.predictions), "model": module.report()},
     })
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in module.predictions)
-    log.info("evaluated %s (%s) on %d %s samples: %s\nwritten: %s, %s", target.path or "the base model",
-             target.kind, len(module.predictions), cfg.split, metrics, out / "metrics.json", out / "predictions.jsonl")
+    module.write_predictions(out)
+    log.info("evaluated %s (%s) on %d %s samples: %s\nwritten to %s: metrics.json, predictions.jsonl",
+             target.path or "the base model", target.kind, len(module.predictions), cfg.split, metrics, out)
     return metrics

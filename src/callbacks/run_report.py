@@ -28,6 +28,14 @@ def to_builtin(value: Any) -> Any:
     return value
 
 
+def batch_size_of(batch: Any) -> int:
+    """Samples in a dict batch: the length of its first tensor or list."""
+    for value in (batch.values() if isinstance(batch, dict) else [batch]):
+        if isinstance(value, (torch.Tensor, list, tuple)):
+            return len(value)
+    return 1
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +77,7 @@ class RunReport(L.Callback):
         self.train_samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_samples += len(batch["uid"]) if isinstance(batch, dict) and "uid" in batch else 1
+        self.train_samples += batch_size_of(batch)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.stop_reason = self.stop_reason or fit_end_reason(trainer)

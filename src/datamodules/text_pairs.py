@@ -112,7 +112,8 @@ class TextPairDataModule(L.LightningDataModule):
                  limit_val_samples: int | None = None, limit_test_samples: int | None = None):
         super().__init__()
         if encoding not in ENCODERS:
-            raise UserError(f"unknown text encoding {encoding!r}: expected one of {sorted(ENCODERS)}")
+            raise UserError(f"{type(self).__name__} is a text dataset but the model's encoding is {encoding!r} "
+                            f"(an image model?) — use a text model (model=tiny_t5, flan_t5, ptt5, tiny_gpt2, dialogpt)")
         if not (val_fraction > 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
             raise UserError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction}: the first "
                             "must be above 0, the second 0 or more, and together less than 1")

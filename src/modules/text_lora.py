@@ -5,49 +5,33 @@ Shared by every text family (seq2seq, causal). A family subclass names its ``aut
 """
 
 import logging
+from contextlib import contextmanager
 from typing import Any
 
-import lightning as L
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
-from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics import MeanMetric
 
 from src.errors import UserError
 from src.metrics.text import TextGenerationMetrics
-from src.modules.adapter_checkpoint import TrainableStateDictMixin
-from src.modules.guards import check_finite_loss
+from src.modules.base import LoRAModuleBase, comparable
 from src.pretrained.loading import load_pretrained, load_tokenizer
 from src.pretrained.quantization import check_quantization, prepare_for_kbit, quantized_load_kwargs
 
 log = logging.getLogger(__name__)
 
-MODES = {"max": MaxMetric, "min": MinMetric}
 
-
-def _comparable(value: Any) -> Any:
-    """LoRA settings as plain, order-free values (target_modules may be a set, a list or "all-linear")."""
-    return sorted(value) if isinstance(value, (set, list, tuple)) else value
-
-
-class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
+class TextLoRAModule(LoRAModuleBase):
     auto_class: Any = None
     task_type: str = ""
-    encoding: str = ""
+    metric_names = ("rougeL", "bleu", "loss")
 
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, scheduler=None,
                  generation: dict | None = None, monitor: str = "val/rougeL", mode: str = "max",
                  gradient_checkpointing: bool = False, quantization: str | None = None):
-        super().__init__()
-        if mode not in MODES:
-            raise UserError(f"model.mode={mode!r} must be 'max' or 'min'")
-        stage, _, name = monitor.partition("/")
-        if stage != "val" or name not in ("rougeL", "bleu", "loss"):
-            raise UserError(f"model.monitor={monitor!r}: use val/rougeL, val/bleu or val/loss")
+        super().__init__(optimizer, scheduler, monitor, mode)
         self.pretrained = str(pretrained)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.generation = dict(generation or {})
-        self.monitor, self.mode = monitor, mode
 
         self.quantization = quantization
         check_quantization(quantization)
@@ -72,9 +56,6 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
 
         self.metrics = torch.nn.ModuleDict({"val": TextGenerationMetrics(), "test": TextGenerationMetrics()})
         self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
-        self.train_loss = MeanMetric()
-        self.best = MODES[mode]()
-        self.predictions: list[dict[str, str]] = []
 
     # -- family hooks ------------------------------------------------------------------------------
     def generate_texts(self, batch: dict[str, Any]) -> list[str]:
@@ -86,36 +67,10 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        check_finite_loss(self, loss)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.train_loss.update(loss)  # a Metric object: the epoch mean is synced across processes once
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+        self.log_train_loss(loss)
         return loss
 
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer,
-                                           num_training_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     # -- evaluation --------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the best score is metric state, not a parameter: keep it so a resumed run's *_best is honest
-        checkpoint["best_score"] = self.best.compute().item() if self.best.update_called else None
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.best.reset()
-        if checkpoint.get("best_score") is not None:
-            self.best.update(torch.tensor(checkpoint["best_score"]))
-
-    def _on_eval_epoch_start(self) -> None:
-        self.predictions = []
-
-    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
-
     @torch.no_grad()
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         n = len(batch["uid"])
@@ -131,18 +86,11 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
-    def _on_eval_epoch_end(self, stage: str) -> dict[str, float]:
-        scores = {f"{stage}/{k}": v for k, v in self.metrics[stage].compute().items()}
-        scores[f"{stage}/loss"] = self.losses[stage].compute()
+    def _on_eval_epoch_end(self, stage: str) -> None:
+        scores = {**self.metrics[stage].compute(), "loss": self.losses[stage].compute()}
         self.metrics[stage].reset()
         self.losses[stage].reset()
-        # compute() already synced the metric states, so every rank holds the same values and
-        # sync_dist's mean leaves them unchanged
-        self.log_dict(scores, prog_bar=True, sync_dist=True)
-        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self.best.update(scores[self.monitor])
-            self.log(f"{self.monitor}_best", self.best.compute(), sync_dist=True)
-        return scores
+        self.log_scores(stage, scores)
 
     def on_validation_epoch_end(self) -> None:
         self._on_eval_epoch_end("val")
@@ -151,6 +99,11 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         self._on_eval_epoch_end("test")
 
     # -- adapters ----------------------------------------------------------------------------------
+    @contextmanager
+    def adapters_disabled(self):
+        with self.model.disable_adapter():
+            yield
+
     def export_adapter(self, directory: str) -> None:
         """A standard PEFT adapter directory (config, safetensors, tokenizer) for ``PeftModel.from_pretrained``."""
         self.model.save_pretrained(directory)
@@ -160,7 +113,7 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         """Load an exported adapter; its LoRA shape must match this module's (the scaling depends on it)."""
         saved = PeftConfig.from_pretrained(directory)
         for name in ("r", "lora_alpha", "target_modules"):
-            theirs, ours = _comparable(getattr(saved, name)), _comparable(getattr(self.lora_config, name))
+            theirs, ours = comparable(getattr(saved, name)), comparable(getattr(self.lora_config, name))
             if theirs != ours:
                 raise UserError(f"adapter {directory} has {name}={theirs} but the model config has {ours} "
                                 f"— set model.lora.{name} to match")
@@ -174,5 +127,5 @@ class TextLoRAModule(TrainableStateDictMixin, L.LightningModule):
         return {"family": self.encoding, "base": self.pretrained, "quantization": self.quantization,
                 "monitor": self.monitor, "mode": self.mode,
                 "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                         "target_modules": _comparable(lora.target_modules)},
+                         "target_modules": comparable(lora.target_modules)},
                 "parameters": self.count_parameters(), "generation": self.generation}

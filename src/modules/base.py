@@ -1,0 +1,96 @@
+"""What every LoRA family shares: the monitored metric and its best value, optimizers from config,
+adapter-only checkpoints, the training-loss guard, and writing evaluation outputs."""
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MaxMetric, MeanMetric, MinMetric
+
+from src.errors import UserError
+from src.modules.adapter_checkpoint import TrainableStateDictMixin
+from src.modules.guards import check_finite_loss
+
+MODES = {"max": MaxMetric, "min": MinMetric}
+
+
+def comparable(value: Any) -> Any:
+    """LoRA settings as plain, order-free values (target_modules may be a set, a list or "all-linear")."""
+    return sorted(value) if isinstance(value, (set, list, tuple)) else value
+
+
+class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
+    """A family subclass sets ``encoding`` and ``metric_names`` (what ``monitor`` may name), builds
+    its model, and implements ``export_adapter``, ``load_adapter``, ``adapters_disabled`` and ``report``."""
+
+    encoding: str = ""
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(self, optimizer, scheduler=None, monitor: str = "", mode: str = "max"):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"model.mode={mode!r} must be 'max' or 'min'")
+        stage, _, name = monitor.partition("/")
+        if stage != "val" or name not in self.metric_names:
+            raise UserError(f"model.monitor={monitor!r}: use one of " + ", ".join(f"val/{m}" for m in self.metric_names))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.monitor, self.mode = monitor, mode
+        self.train_loss = MeanMetric()
+        self.best = MODES[mode]()
+        self.predictions: list[dict[str, Any]] = []
+
+    # -- training ------------------------------------------------------------------------------------
+    def log_train_loss(self, loss: torch.Tensor) -> None:
+        check_finite_loss(self, loss)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.train_loss.update(loss)  # a Metric object: the epoch mean is synced across processes once
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the best score is metric state, not a parameter: keep it so a resumed run's *_best is honest
+        checkpoint["best_score"] = self.best.compute().item() if self.best.update_called else None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best.reset()
+        if checkpoint.get("best_score") is not None:
+            self.best.update(torch.tensor(checkpoint["best_score"]))
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def _on_eval_epoch_start(self) -> None:
+        self.predictions = []
+
+    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
+
+    def log_scores(self, stage: str, scores: dict[str, torch.Tensor]) -> None:
+        """Log ``<stage>/<name>`` and, while fitting, ``<monitor>_best``."""
+        scores = {f"{stage}/{k}": v for k, v in scores.items()}
+        # values computed by torchmetrics are already synced, so every rank holds the same numbers
+        # and sync_dist's mean leaves them unchanged
+        self.log_dict(scores, prog_bar=True, sync_dist=True)
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.best.update(scores[self.monitor])
+            self.log(f"{self.monitor}_best", self.best.compute(), sync_dist=True)
+
+    def write_predictions(self, directory: str | Path) -> None:
+        """``predictions.jsonl``, one line per evaluated sample (families may add files)."""
+        with open(Path(directory) / "predictions.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in self.predictions)
+
+    @contextmanager
+    def adapters_disabled(self):
+        """Run as the base model (for ``evaluate.py ckpt=base``)."""
+        raise NotImplementedError
+        yield
