@@ -134,3 +134,63 @@ def tiny_gpt2(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, n
         tokenizer.save_pretrained(out)
 
     return cached_build(cache_dir, "tiny_gpt2", spec, corpus_files, build)
+
+
+def train_clip_tokenizer(texts: Iterator[str], num_merges: int = 300, model_max_length: int = 77):
+    """A CLIP tokenizer (lower-case BPE with ``</w>`` word ends) whose merges are learned on ``texts``.
+
+    Built as ``CLIPTokenizer(vocab=dict, merges=pairs)``: in transformers 5 the file-path constructor
+    silently yields a 2-token tokenizer. Every byte-level character stays in the vocabulary, so no
+    input is unknown.
+    """
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.Lowercase()
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=2 * len(alphabet) + num_merges, initial_alphabet=alphabet, end_of_word_suffix="</w>",
+        show_progress=False))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]][:num_merges]
+    vocab: dict[str, int] = {}
+    for token in [*alphabet, *(c + "</w>" for c in alphabet), *("".join(m) for m in merges),
+                  "<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def tiny_sd(cache_dir: str, corpus_files: list[str], latent_channels: int = 4, seed: int = 0) -> str:
+    """Directory of a tiny Stable Diffusion pipeline (UNet, VAE with 4x downsampling, CLIP text
+    encoder, a CLIP tokenizer learned on the captions, DDPM scheduler), built on first use and
+    loaded with ``StableDiffusionPipeline.from_pretrained`` / ``subfolder=`` like a real one."""
+    spec = dict(latent_channels=latent_channels, seed=seed, version=1)
+
+    def build(out: Path) -> None:
+        import torch
+        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        tokenizer = train_clip_tokenizer(iter_corpus(corpus_files), num_merges=300)
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, norm_num_groups=8,
+                            block_out_channels=(16, 32, 32), layers_per_block=1,
+                            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=latent_channels, out_channels=latent_channels, layers_per_block=1,
+            block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                  beta_end=0.012, prediction_type="epsilon", clip_sample=False,
+                                  steps_offset=1)
+        StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False).save_pretrained(out)
+
+    return cached_build(cache_dir, "tiny_sd", spec, corpus_files, build)

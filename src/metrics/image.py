@@ -1,0 +1,397 @@
+"""FID, KID and CLIP score for generated images, as torchmetrics states (synced across processes).
+
+One feature extractor serves both FID and KID: every batch of images goes through it once and the
+features feed both metrics. The real images' features are computed once per run and kept across
+``reset()`` (``reset_real_features=False``); each validation round only adds generated images.
+
+>>> import torch
+>>> g = torch.Generator().manual_seed(0)
+>>> real = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
+>>> metrics = ImageGenerationMetrics(feature_extractor="tiny", clip_model=None, kid_subsets=10)
+>>> metrics.set_real_images(real)
+>>> metrics.update(real[:4], prompts=["a red shoe"] * 4)          # generated images resembling the real ones
+>>> close = metrics.compute()
+>>> sorted(close)
+['fid', 'kid', 'kid_std']
+>>> metrics.reset()                                                # forgets generated images, keeps real ones
+>>> metrics.update(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), prompts=["a red shoe"] * 4)
+>>> far = metrics.compute()
+>>> bool(far["fid"] > close["fid"]), bool(far["kid"] > close["kid"])
+(True, True)
+
+Small image sets (a quickstart's 4 generated against 8 real images) work: KID's subset size is
+clamped to the images available, and FID, whose covariances are rank-deficient when there are fewer
+images than feature dimensions, is computed all the same (torchmetrics 1.9 takes the trace of the
+matrix square root from the eigenvalues of ``sigma_real @ sigma_fake``; rounding can make it a hair
+negative, so it is clamped at 0). Such numbers are noisy and biased upwards: compare runs at equal
+image counts, and use thousands of images with the InceptionV3 extractor for numbers comparable with
+published FID.
+"""
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import CatMetric
+
+from src.errors import UserError
+
+INCEPTION_FEATURES = (64, 192, 768, 2048)
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
+DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
+
+
+def _check_images(images: Tensor, what: str) -> Tensor:
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        dtype = images.dtype if isinstance(images, Tensor) else ""
+        raise ValueError(f"{what}: expected uint8 images [N, 3, H, W], got {dtype} {shape}; convert floats in [0, 1] "
+                         "with (x.clamp(0, 1) * 255).round().to(torch.uint8)")
+    return images
+
+
+class TinyFeatureExtractor(nn.Module):
+    """A small, fixed, randomly initialised conv net: uint8 images [N, 3, H, W] → float features [N, num_features].
+
+    Deterministic for a given ``seed`` (weights are drawn at construction under a forked RNG, so the
+    global random state is untouched). Images of any size are resized to ``resize`` × ``resize``.
+    For tests and CPU quickstarts only: its FID is not comparable with published (InceptionV3) FID.
+
+    >>> extractor = TinyFeatureExtractor(num_features=16)
+    >>> extractor(torch.zeros(2, 3, 40, 24, dtype=torch.uint8)).shape
+    torch.Size([2, 16])
+    >>> bool((extractor(torch.full((1, 3, 8, 8), 255, dtype=torch.uint8))
+    ...       == TinyFeatureExtractor(num_features=16)(torch.full((1, 3, 8, 8), 255, dtype=torch.uint8))).all())
+    True
+    """
+
+    def __init__(self, num_features: int = 64, resize: int = 64, seed: int = 0):
+        super().__init__()
+        self.num_features = num_features
+        self.resize = resize
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.convs = nn.ModuleList([nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                                        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                                        nn.Conv2d(32, 64, 3, stride=2, padding=1)])
+            self.proj = nn.Linear(2 * 64, num_features)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = _check_images(images, "TinyFeatureExtractor").float() / 127.5 - 1.0
+        x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return self.proj(pooled)
+
+
+def build_feature_extractor(kind: str = "inception", weights_path: str | None = None,
+                            num_features: int | None = None) -> nn.Module:
+    """The image feature extractor shared by FID and KID, with an int ``num_features`` attribute.
+
+    ``kind="inception"``: torchmetrics' InceptionV3 (``NoTrainInceptionV3``, the FID reference network,
+    resizing like TensorFlow 1.x, i.e. ``antialias=False``) with ``num_features`` in 64/192/768/2048
+    (default 2048), loaded offline from ``weights_path`` (the ``pt_inception-2015-12-05`` weights,
+    file ``weights-inception-2015-12-05-6726825d.pth``). Needs the ``torch-fidelity`` package, which
+    itself needs a torchvision that imports beside the installed torch.
+    ``kind="tiny"``: :class:`TinyFeatureExtractor` (default 64 features), for tests and smoke runs.
+
+    >>> build_feature_extractor("tiny").num_features
+    64
+    >>> build_feature_extractor("inception", weights_path=None)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    src.errors.UserError: FID/KID with InceptionV3 need its weights file weights-inception-2015-12-05-6726825d.pth ...
+    """
+    return _build_feature_extractor(kind, weights_path, num_features, "model.metrics.feature_extractor.")
+
+
+def _build_feature_extractor(kind: str, weights_path: str | None, num_features: int | None, key: str,
+                             weights_key: str = "weights_path", kind_key: str = "kind") -> nn.Module:
+    """``key`` + ``weights_key``/``kind_key``: the config overrides named in error messages."""
+    smoke = f"or {key}{kind_key}=tiny for a smoke run"
+    if kind == "tiny":
+        return TinyFeatureExtractor(num_features=num_features or 64)
+    if kind != "inception":
+        raise UserError(f"unknown feature extractor kind '{kind}' — set {key}{kind_key} to inception "
+                        "(FID/KID as published) or tiny (smoke runs)")
+    num_features = num_features or 2048
+    if num_features not in INCEPTION_FEATURES:
+        raise UserError(f"InceptionV3 gives {INCEPTION_FEATURES} features, not {num_features} — "
+                        f"set {key}num_features to one of them (2048 for published FID)")
+    if weights_path is None or not Path(weights_path).expanduser().is_file():
+        given = "none given" if weights_path is None else f"'{weights_path}' is not a file"
+        raise UserError(f"FID/KID with InceptionV3 need its weights file {INCEPTION_WEIGHTS} "
+                        f"(pt_inception-2015-12-05, {INCEPTION_URL}) on this machine ({given}) — "
+                        f"set {key}{weights_key}=/path/to/it, {smoke}")
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise UserError("the InceptionV3 feature extractor needs the torch-fidelity package — pip install "
+                        f"torch-fidelity (it needs a torchvision matching torch), {smoke}")
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError as err:
+        raise UserError(f"torch-fidelity is installed but does not import ({str(err).splitlines()[0]}) — install a "
+                        "torchvision matching torch (torchmetrics' FID and KID do not import without it, even with kind=tiny)") from err
+    try:
+        extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(num_features)],
+                                       feature_extractor_weights_path=str(Path(weights_path).expanduser()),
+                                       antialias=False)
+    except (RuntimeError, OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot load InceptionV3 weights from '{weights_path}' ({str(err).splitlines()[0]}) — "
+                        f"{key}{weights_key} must be the file {INCEPTION_WEIGHTS}") from err
+    extractor.num_features = num_features
+    extractor.requires_grad_(False)
+    return extractor
+
+
+class _Features(nn.Module):
+    """What FID/KID see as their "network": the features computed once by the shared extractor."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def _embeds(output) -> Tensor:
+    """Projected CLIP embeddings from ``get_image_features``/``get_text_features``: a tensor in
+    transformers 4, an output object whose ``pooler_output`` holds them in transformers 5."""
+    if isinstance(output, Tensor):
+        return output
+    for name in ("image_embeds", "text_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if isinstance(value, Tensor):
+            return value
+    raise TypeError(f"unexpected CLIP features output: {type(output).__name__}")
+
+
+@torch.no_grad()
+def clip_scores(model, processor, images: Tensor, prompts: list[str], batch_size: int = 32) -> Tensor:
+    """CLIP score of each (image, prompt) pair: ``100 * max(cos(image_emb, text_emb), 0)``, in [0, 100].
+
+    ``model`` is a transformers ``CLIPModel``, ``processor`` a ``CLIPProcessor`` (tokenizer + image
+    processor); ``images`` are uint8 [N, 3, H, W]. Same definition as torchmetrics' ``CLIPScore``,
+    per image instead of averaged.
+
+    >>> import tempfile
+    >>> from transformers import CLIPModel, CLIPProcessor
+    >>> from src.pretrained.tiny_clip import tiny_clip
+    >>> with tempfile.TemporaryDirectory() as cache:
+    ...     path = tiny_clip(cache, prompts=["a red shoe"])
+    ...     model, processor = CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
+    >>> images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    >>> scores = clip_scores(model, processor, images, ["a red shoe", "a blue boot"])
+    >>> scores.shape, bool(((scores >= 0) & (scores <= 100)).all())
+    (torch.Size([2]), True)
+    """
+    images = _check_images(images, "clip_scores")
+    if len(prompts) != len(images):
+        raise ValueError(f"clip_scores: {len(images)} images but {len(prompts)} prompts")
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size].permute(0, 2, 3, 1).cpu().numpy()
+        pixels = processor.image_processor(images=list(chunk), return_tensors="pt")["pixel_values"]
+        text = processor.tokenizer(list(prompts[start:start + batch_size]), padding=True, truncation=True,
+                                   return_tensors="pt")
+        image_emb = _embeds(model.get_image_features(pixel_values=pixels.to(device, model.dtype)))
+        text_emb = _embeds(model.get_text_features(input_ids=text["input_ids"].to(device),
+                                                   attention_mask=text["attention_mask"].to(device)))
+        cosine = F.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1)
+        scores.append(100 * cosine.clamp(min=0))
+    return torch.cat(scores) if scores else torch.zeros(0, device=device)
+
+
+@contextlib.contextmanager
+def _full_precision(device: torch.device) -> Iterator[None]:
+    """No gradients and no autocast: features and embeddings in float32 whatever the trainer's precision."""
+    try:
+        autocast = torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:
+        autocast = contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        yield
+
+
+def _torchmetrics_image():
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+    except ImportError as err:  # torch-fidelity present but its torchvision import fails
+        raise UserError(f"torchmetrics' image metrics do not import ({str(err).splitlines()[0]}) — install a "
+                        "torchvision matching torch, or uninstall torch-fidelity") from err
+    return FrechetInceptionDistance, KernelInceptionDistance
+
+
+class ImageGenerationMetrics(nn.Module):
+    """FID, KID and CLIP score of generated images against a fixed set of real images.
+
+    Args:
+        feature_extractor: ``"inception"``, ``"tiny"`` or an ``nn.Module`` mapping uint8 [N, 3, H, W] to
+            [N, D] features (with a ``num_features`` attribute, else it is probed once).
+        feature_weights_path: InceptionV3 weights file (offline), for ``feature_extractor="inception"``.
+        num_features: feature dimension for the built-in extractors (inception: 2048, tiny: 64).
+        clip_model: hub id or local directory of a CLIP model (with its processor), loaded on first
+            use; ``None`` disables CLIP score (no ``clip_*`` keys).
+        kid_subsets, kid_subset_size: KID's subsets; the size is clamped to the images present.
+        kid_seed: KID's subset sampling uses its own RNG, so results are reproducible and the
+            global random state is untouched.
+        batch_size: images per forward pass of the extractor and of CLIP.
+
+    ``set_real_images`` (once), then per evaluation round ``update`` → ``compute`` → ``reset``.
+    ``compute()`` returns ``fid``, ``kid`` (mean over subsets), ``kid_std``, ``clip_mean``,
+    ``clip_min``, ``clip_max`` (scalar tensors, already reduced over processes) and leaves the
+    per-image CLIP scores in ``self.clip_scores``. Fewer than 2 real or 2 generated images give NaN
+    FID/KID (with a warning) instead of an error.
+
+    Under DDP each process passes its own shard of real and generated images; the torchmetrics
+    states are gathered in ``compute()``, which every process must call.
+    """
+
+    def __init__(self, feature_extractor: str | nn.Module = "inception", feature_weights_path: str | None = None,
+                 num_features: int | None = None, clip_model: str | None = DEFAULT_CLIP, kid_subsets: int = 100,
+                 kid_subset_size: int = 1000, kid_seed: int = 0, batch_size: int = 32):
+        super().__init__()
+        FID, KID = _torchmetrics_image()
+        if isinstance(feature_extractor, str):
+            feature_extractor = _build_feature_extractor(feature_extractor, feature_weights_path, num_features,
+                                                         "model.metrics.", "feature_weights_path", "feature_extractor")
+        self.extractor = feature_extractor.requires_grad_(False).eval()
+        dim = getattr(feature_extractor, "num_features", None)
+        if dim is None:
+            with torch.no_grad():
+                dim = feature_extractor(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).shape[-1]
+        features = _Features(int(dim))
+        fid_kwargs = {"antialias": False} if "antialias" in inspect.signature(FID.__init__).parameters else {}
+        self.fid = FID(feature=features, reset_real_features=False, normalize=False, **fid_kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            self.kid = KID(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
+                           reset_real_features=False, normalize=False)
+        self.clip = CatMetric(nan_strategy="error")
+        self.clip_model = clip_model
+        self.kid_subset_size = kid_subset_size
+        self.kid_seed = kid_seed
+        self.batch_size = batch_size
+        self.real_images_set = False
+        self.clip_scores = torch.zeros(0)
+        self._clip_loaded: dict = {}  # a plain dict: the frozen CLIP stays out of state_dict() and parameters()
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_probe.device
+
+    def _features(self, images: Tensor) -> Iterator[Tensor]:
+        for start in range(0, len(images), self.batch_size):
+            yield self.extractor(images[start:start + self.batch_size].to(self.device)).float()
+
+    def set_real_images(self, images: Tensor | Iterable[Tensor], force: bool = False) -> None:
+        """Add the real images (a uint8 [N, 3, H, W] tensor or an iterable of such batches) to FID and KID.
+
+        Only the first call computes features; later calls do nothing, so a validation step can call it
+        every epoch. ``force=True`` replaces the real images.
+        """
+        if self.real_images_set and not force:
+            return
+        self._clear_real()
+        batches = [images] if isinstance(images, Tensor) else images
+        with _full_precision(self.device):
+            for batch in batches:
+                for features in self._features(_check_images(batch, "set_real_images")):
+                    self.fid.update(features, real=True)
+                    self.kid.update(features, real=True)
+        self.real_images_set = True
+
+    def _clear_real(self) -> None:
+        for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
+            getattr(self.fid, name).zero_()
+        self.kid.real_features = []
+
+    def _clip(self):
+        if not self._clip_loaded:
+            from transformers import CLIPModel, CLIPProcessor
+
+            from src.pretrained.loading import load_pretrained
+
+            model = load_pretrained(CLIPModel, self.clip_model).eval().requires_grad_(False)
+            self._clip_loaded.update(model=model, processor=load_pretrained(CLIPProcessor, self.clip_model))
+        model = self._clip_loaded["model"].to(self.device)
+        return model, self._clip_loaded["processor"]
+
+    def update(self, images: Tensor, prompts: list[str]) -> None:
+        """Add generated uint8 images [N, 3, H, W] and the prompts they were generated from."""
+        images = _check_images(images, "ImageGenerationMetrics.update")
+        if len(prompts) != len(images):
+            raise ValueError(f"ImageGenerationMetrics.update: {len(images)} images but {len(prompts)} prompts")
+        with _full_precision(self.device):
+            for features in self._features(images):
+                self.fid.update(features, real=False)
+                self.kid.update(features, real=False)
+            if self.clip_model is not None:
+                model, processor = self._clip()
+                self.clip.update(clip_scores(model, processor, images.to(self.device), list(prompts),
+                                             self.batch_size).to(self.device))
+
+    def _synced(self, metric):
+        """Gather a metric's states across processes for the duration of the block (no-op on one process)."""
+
+        @contextlib.contextmanager
+        def context():
+            metric.sync()
+            try:
+                yield
+            finally:
+                metric.unsync(should_unsync=metric._is_synced)
+
+        return context()
+
+    def compute(self) -> dict[str, Tensor]:
+        FID, KID = _torchmetrics_image()
+        nan = torch.tensor(float("nan"), device=self.device)
+        out = {}
+        with _full_precision(self.device), self._synced(self.fid), self._synced(self.kid):
+            n_real, n_fake = int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples)
+            if min(n_real, n_fake) < 2:
+                warnings.warn(f"FID/KID need at least 2 real and 2 generated images, got {n_real} and {n_fake}: "
+                              "reporting NaN", stacklevel=2)
+                out.update(fid=nan, kid=nan, kid_std=nan)
+            else:
+                # the unwrapped computations: states are already gathered above
+                out["fid"] = FID.compute(self.fid).float().clamp(min=0)
+                self.kid.subset_size = min(self.kid_subset_size, n_real, n_fake)
+                try:
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(self.kid_seed)
+                        kid, kid_std = KID.compute(self.kid)
+                finally:
+                    self.kid.subset_size = self.kid_subset_size
+                out.update(kid=kid.float(), kid_std=kid_std.float())
+        if self.clip_model is not None:
+            scores = self.clip.compute()
+            self.clip_scores = scores if isinstance(scores, Tensor) else torch.zeros(0, device=self.device)
+            if self.clip_scores.numel():
+                out.update(clip_mean=self.clip_scores.mean(), clip_min=self.clip_scores.min(),
+                           clip_max=self.clip_scores.max())
+            else:
+                out.update(clip_mean=nan, clip_min=nan, clip_max=nan)
+        return out
+
+    def reset(self) -> None:
+        """Forget the generated images and CLIP scores; the real images' statistics stay."""
+        self.fid.reset()
+        self.kid.reset()
+        self.clip.reset()
+        self.clip_scores = torch.zeros(0, device=self.device)

@@ -1,0 +1,246 @@
+"""Image metrics: FID/KID on a shared extractor with real features computed once, CLIP score on a
+tiny offline CLIP, and clear errors for the offline InceptionV3 setup. CPU, offline, seconds."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
+
+from src.errors import UserError
+from src.metrics.image import ImageGenerationMetrics, TinyFeatureExtractor, build_feature_extractor, clip_scores
+from src.pretrained.tiny_clip import tiny_clip
+
+PROMPTS = ["a red running shoe", "a black leather boot", "a blue sneaker with white laces", "a golden sun card"]
+
+
+def noise(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def black(n: int, size: int = 32) -> torch.Tensor:
+    return torch.zeros(n, 3, size, size, dtype=torch.uint8)
+
+
+class CountingExtractor(nn.Module):
+    """The tiny extractor, counting the images it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = TinyFeatureExtractor(num_features=32)
+        self.num_features = self.inner.num_features
+        self.calls = 0
+        self.images = 0
+
+    def forward(self, images):
+        self.calls += 1
+        self.images += len(images)
+        return self.inner(images)
+
+
+@pytest.fixture(scope="module")
+def shoes_metadata(tmp_path_factory) -> str:
+    """An imagefolder-style metadata.jsonl whose captions are the tokenizer's corpus."""
+    metadata = tmp_path_factory.mktemp("shoes") / "metadata.jsonl"
+    metadata.write_text("".join(json.dumps({"file_name": f"{i}.png", "text": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    return str(metadata)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(cache_dir, shoes_metadata) -> str:
+    return tiny_clip(str(cache_dir), corpus_files=[shoes_metadata], prompts=["a photo of a shoe"])
+
+
+def test_tiny_clip_builds_once_and_loads_with_from_pretrained(clip_dir, cache_dir, shoes_metadata, tmp_path):
+    path = Path(clip_dir)
+    assert path.name.startswith("tiny_clip-")
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    # same spec and corpus → the cached directory, not a rebuild
+    assert tiny_clip(str(cache_dir), corpus_files=[shoes_metadata], prompts=["a photo of a shoe"]) == clip_dir
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    # other prompts → another model
+    assert tiny_clip(str(cache_dir), corpus_files=[shoes_metadata], prompts=["another prompt"]) != clip_dir
+
+    model = CLIPModel.from_pretrained(clip_dir)
+    tokenizer = AutoTokenizer.from_pretrained(clip_dir)
+    processor = CLIPProcessor.from_pretrained(clip_dir)
+    assert model.config.vision_config.image_size == 32
+    assert tokenizer.model_max_length == 77 and len(tokenizer) == model.config.text_config.vocab_size
+    ids = tokenizer("a red running shoe")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert len(ids) < len("a red running shoe")  # learned merges, not one token per character
+    pixels = processor(images=[noise(1, 0, size=50)[0].permute(1, 2, 0).numpy()], return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 32)
+
+
+def test_tiny_clip_reuses_the_cache(cache_dir, tmp_path):
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("a red shoe\na blue boot\n")
+    first = tiny_clip(str(cache_dir), corpus_files=[str(corpus)])
+    stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
+    assert tiny_clip(str(cache_dir), corpus_files=[str(corpus)]) == first
+    assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp
+    corpus.write_text("a red shoe\na blue boot\na green hat\n")
+    assert tiny_clip(str(cache_dir), corpus_files=[str(corpus)]) != first  # the corpus is part of the key
+
+
+def metrics(**kwargs) -> ImageGenerationMetrics:
+    kwargs.setdefault("feature_extractor", "tiny")
+    kwargs.setdefault("clip_model", None)
+    kwargs.setdefault("kid_subsets", 20)
+    return ImageGenerationMetrics(**kwargs)
+
+
+def test_identical_sets_give_zero_fid_and_different_sets_a_larger_fid_and_kid():
+    m = metrics()
+    real = noise(8, seed=0)
+    m.set_real_images(real)
+    m.update(real, PROMPTS * 2)
+    same = m.compute()
+    assert set(same) == {"fid", "kid", "kid_std"}
+    assert abs(float(same["fid"])) < 1e-3 and abs(float(same["kid"])) < 1e-3
+
+    m.reset()
+    m.update(black(8), PROMPTS * 2)
+    far = m.compute()
+    assert float(far["fid"]) > 10 * max(float(same["fid"]), 1e-4)
+    assert float(far["kid"]) > float(same["kid"]) + 1e-4
+    assert all(math.isfinite(float(v)) for v in far.values())
+
+
+def test_few_images_work_and_too_few_give_nan():
+    m = metrics(kid_subset_size=1000)  # clamped to the 4 generated images
+    m.set_real_images(noise(8, seed=0))
+    m.update(noise(4, seed=1), PROMPTS)
+    out = m.compute()
+    assert all(math.isfinite(float(v)) for v in out.values()) and float(out["fid"]) >= 0
+    m.reset()
+    m.update(noise(1, seed=2), PROMPTS[:1])
+    with pytest.warns(UserWarning, match="at least 2"):
+        out = m.compute()
+    assert math.isnan(float(out["fid"])) and math.isnan(float(out["kid"]))
+
+
+def test_real_features_are_computed_once_across_rounds():
+    extractor = CountingExtractor()
+    m = ImageGenerationMetrics(feature_extractor=extractor, clip_model=None, kid_subsets=5, batch_size=4)
+    real = noise(8, seed=0)
+    m.set_real_images(real)
+    assert (extractor.calls, extractor.images) == (2, 8)  # 2 batches of 4, shared by FID and KID
+    results = []
+    for round_ in range(3):
+        m.set_real_images(real)  # a validation step may call it every epoch: no-op
+        m.update(noise(4, seed=10 + round_), PROMPTS)
+        results.append(m.compute())
+        m.reset()
+    assert extractor.images == 8 + 3 * 4
+    assert int(m.fid.real_features_num_samples) == 8 and int(m.fid.fake_features_num_samples) == 0
+    assert sum(len(f) for f in m.kid.real_features) == 8 and len(m.kid.fake_features) == 0
+
+    # the same generated images against the kept real statistics give the same numbers again
+    m.update(noise(4, seed=10), PROMPTS)
+    assert torch.allclose(m.compute()["fid"], results[0]["fid"]) and torch.allclose(m.compute()["kid"], results[0]["kid"])
+
+    # force=True replaces (not adds to) the real images
+    m.set_real_images(black(6), force=True)
+    assert int(m.fid.real_features_num_samples) == 6 and extractor.images == 8 + 4 * 4 + 6
+
+
+def test_bad_images_fail_clearly():
+    m = metrics()
+    with pytest.raises(ValueError, match="uint8"):
+        m.set_real_images(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="prompts"):
+        m.update(black(2), PROMPTS[:1])
+
+
+def reference_clip_scores(model, processor, images, prompts) -> torch.Tensor:
+    """100 * max(cos, 0) from CLIPModel's own forward (normalised image_embeds/text_embeds)."""
+    inputs = processor(text=prompts, images=list(images.permute(0, 2, 3, 1).numpy()), return_tensors="pt",
+                       padding=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    return 100 * (out.image_embeds * out.text_embeds).sum(-1).clamp(min=0)
+
+
+# on the random tiny CLIP these prompts give 4 distinct positive scores for noise(4, seed=1), PROMPTS give
+# negative cosines (scores clamped to 0): the tests check both premises before relying on them
+UNRELATED = ["zzz qqq xxx"] * 4
+
+
+def test_clip_scores_per_image_and_summary(clip_dir):
+    images = noise(4, seed=1)
+    m = metrics(clip_model=clip_dir)
+    m.set_real_images(noise(8, seed=0))
+    m.update(images[:2], UNRELATED[:2])
+    m.update(images[2:], UNRELATED[2:])
+    out = m.compute()
+    assert set(out) == {"fid", "kid", "kid_std", "clip_mean", "clip_min", "clip_max"}
+    scores = m.clip_scores
+    assert scores.shape == (4,) and bool(((scores >= 0) & (scores <= 100)).all())
+    assert scores.unique().numel() == 4 and bool((scores > 0).all()), f"test premise broken: {scores}"
+    assert torch.isclose(out["clip_mean"], scores.mean())
+    assert out["clip_min"] == scores.min() and out["clip_max"] == scores.max()
+
+    m.reset()
+    assert m.clip_scores.numel() == 0
+    m.update(images, UNRELATED)
+    m.compute()
+    assert torch.allclose(m.clip_scores, scores)  # a new round scores afresh, not on top of the old scores
+
+
+def test_clip_scores_match_clip_definition_and_are_deterministic(clip_dir):
+    images = noise(4, seed=1)
+    model, processor = CLIPModel.from_pretrained(clip_dir), CLIPProcessor.from_pretrained(clip_dir)
+    unrelated = clip_scores(model, processor, images, UNRELATED, batch_size=3)
+    matching = clip_scores(model, processor, images, PROMPTS, batch_size=3)
+    assert torch.allclose(unrelated, reference_clip_scores(model, processor, images, UNRELATED), atol=1e-4)
+    assert torch.allclose(matching, reference_clip_scores(model, processor, images, PROMPTS), atol=1e-4)
+    assert bool((matching == 0).any()), f"test premise broken (no negative cosine to clamp): {matching}"
+    assert not torch.allclose(matching, unrelated)  # the prompt matters (random model: not which is higher)
+
+    # deterministic: a fresh metrics instance (its own CLIP load) gives the same per-image scores
+    again = metrics(clip_model=clip_dir)
+    again.set_real_images(noise(8, seed=0))
+    again.update(images, PROMPTS)
+    again.compute()
+    assert torch.allclose(again.clip_scores, matching, atol=1e-5)
+
+
+def test_clip_model_that_cannot_load_is_one_line_user_error(tmp_path):
+    m = metrics(clip_model=str(tmp_path / "no-such-clip"))
+    m.set_real_images(noise(4, seed=0))
+    with pytest.raises(UserError) as err:
+        m.update(noise(2, seed=1), PROMPTS[:2])
+    assert "no-such-clip" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_inception_without_weights_is_one_line_user_error(tmp_path):
+    for path in (None, str(tmp_path / "missing.pth")):
+        with pytest.raises(UserError) as err:
+            build_feature_extractor("inception", weights_path=path)
+        message = str(err.value)
+        assert "\n" not in message
+        assert "weights-inception-2015-12-05" in message and "tiny" in message
+        assert "model.metrics.feature_extractor.weights_path=" in message  # the override in conf/model/*.yaml
+    with pytest.raises(UserError, match="model.metrics.feature_weights_path="):
+        ImageGenerationMetrics(feature_extractor="inception", clip_model=None)
+    with pytest.raises(UserError, match="64, 192, 768, 2048"):
+        build_feature_extractor("inception", weights_path=path, num_features=100)
+    with pytest.raises(UserError, match="unknown feature extractor"):
+        build_feature_extractor("resnet")
+
+
+def test_inception_without_torch_fidelity_is_one_line_user_error(tmp_path):
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if _TORCH_FIDELITY_AVAILABLE:
+        pytest.skip("torch-fidelity is installed here")
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({}, weights)
+    with pytest.raises(UserError, match="torch-fidelity") as err:
+        build_feature_extractor("inception", weights_path=str(weights))
+    assert "\n" not in str(err.value)
