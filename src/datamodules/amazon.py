@@ -12,24 +12,39 @@ DEFAULT_PROMPT = "Given a product title, generate its product description.\nTitl
 
 
 class AmazonTitlesDataModule(TextPairDataModule):
-    """``trn.json`` and ``tst.json`` are pooled, cleaned, deduplicated and split 80/10/10 by seed.
+    """``trn.json`` and ``tst.json`` are pooled, cleaned, filtered, deduplicated and split 80/10/10 by seed.
+
+    The quality filters (``min_/max_title_words``, ``min_/max_content_words``,
+    ``drop_title_equals_content``) are off here; ``conf/data/amazon.yaml`` turns two of them on.
 
     The full ~2M-record dump streams through ``datasets`` into Arrow once and is cached; nothing
     holds it in Python lists.
     """
 
+    FIELDS = ("title", "content")
+
     def __init__(self, train_file: str, test_file: str | None = None, prompt_template: str = DEFAULT_PROMPT,
-                 on_bad_record: str = "skip", **kwargs):
+                 on_bad_record: str = "skip", min_title_words: int = 0, max_title_words: int | None = None,
+                 min_content_words: int = 0, max_content_words: int | None = None,
+                 drop_title_equals_content: bool = False, **kwargs):
         super().__init__(**kwargs)
         if "{title}" not in prompt_template:
             raise UserError("data.prompt_template must contain '{title}'")
         self.files = [f for f in (train_file, test_file) if f]
         self.prompt_template = prompt_template
         self.on_bad_record = on_bad_record
+        self.filters = dict(min_words={"title": min_title_words, "content": min_content_words},
+                            max_words={"title": max_title_words, "content": max_content_words},
+                            distinct=self.FIELDS if drop_title_equals_content else ())
+
+    def load_records(self, progress: bool = False) -> datasets.Dataset:
+        """Every input line as a row, with cleaned fields and its ``skip_reason`` (empty if usable)."""
+        return load_jsonl_records(self.files, list(self.FIELDS), self.cache_dir, self.on_bad_record,
+                                  progress=progress, **self.filters)
 
     @cached_property
     def records(self) -> datasets.Dataset:
-        return load_jsonl_records(self.files, ["title", "content"], self.cache_dir, self.on_bad_record)
+        return self.load_records()
 
     def skipped(self) -> dict[str, int]:
         return skip_counts(self.records)
