@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -102,8 +103,23 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
+def instantiate_config(node: DictConfig, **kwargs) -> Any:
+    """``hydra.utils.instantiate``, with a UserError raised as itself rather than wrapped by Hydra."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        user_error = find_user_error(err)
+        if user_error is not None:
+            raise user_error from None
+        cause = err.__cause__
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise UserError(f"{node.get('_target_')} {str(cause).split(' got ', 1)[-1]} — remove that key from the "
+                            "config (an experiment's settings do not fit another model or data group)") from None
+        raise
+
+
 def build_model_and_data(cfg: DictConfig):
     """The LightningModule from ``cfg.model`` and the datamodule fed with the module's tokenizer."""
-    module = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data, tokenizer=module.tokenizer, encoding=module.encoding)
+    module = instantiate_config(cfg.model)
+    datamodule = instantiate_config(cfg.data, tokenizer=module.tokenizer, encoding=module.encoding)
     return module, datamodule

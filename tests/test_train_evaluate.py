@@ -41,7 +41,7 @@ def test_run_report_has_every_section(trained_run):
     assert report["final_metrics"]["val/rougeL_best"] == pytest.approx(max(logged), abs=1e-6)
     assert "test/rougeL" in report["final_metrics"] and "test/bleu" in report["final_metrics"]
     log = (trained_run / "train.log").read_text()
-    assert "epoch 6/6 | train/loss" in log and "| val/rougeL " in log  # one summary line per epoch
+    assert "epoch 6/6 (step 180) | train/loss" in log and "| val/rougeL " in log  # one summary line per epoch
     kept = sorted(p.name for p in (trained_run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in kept and len(kept) == 3  # top-2 by val/rougeL + last
 

@@ -9,7 +9,7 @@ log = logging.getLogger(__name__)
 
 
 class EpochSummary(L.Callback):
-    """``epoch 3/20 | train/loss 1.234 | val/loss 1.101 | val/rougeL 0.2512 | val/bleu 10.31 | best 0.2700``"""
+    """``epoch 3/20 (step 90) | train/loss 1.234 | val/loss 1.101 | val/rougeL 0.2512 | val/bleu 10.31 | best 0.2700``"""
 
     def __init__(self, keys: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/rougeL", "val/bleu")):
         self.keys = tuple(keys)
@@ -17,7 +17,8 @@ class EpochSummary(L.Callback):
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        parts = [f"epoch {trainer.current_epoch + 1}{epochs} (step {trainer.global_step})"]
         parts += [f"{k.removesuffix('_epoch')} {float(metrics[k]):.4g}" for k in self.keys if k in metrics]
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and ckpt.best_model_score is not None:

@@ -53,14 +53,17 @@ def cached_build(cache_dir: str, name: str, spec: dict, corpus_files: list[str],
     """Build into ``cache_dir/<name>-<hash>`` once (atomically, under a lock); return the directory."""
     files = [str(f) for f in corpus_files]
     target = Path(cache_dir).expanduser().resolve() / f"{name}-{_fingerprint(spec, files)}"
-    if (target / "config.json").exists():
+    done = target / ".complete"  # written last, inside the temporary directory, then renamed with it
+    if done.exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if not (target / "config.json").exists():
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an older version
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
             try:
                 build(tmp)
+                (tmp / ".complete").touch()
                 os.replace(tmp, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,232 @@
+"""LoRA fine-tuning of Stable Diffusion's UNet, validated by generating images (FID, KID, CLIP score)."""
+
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from diffusers.training_utils import compute_snr
+from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPTextModel
+
+from src.errors import UserError
+from src.modules.base import LoRAModuleBase, comparable
+from src.pretrained.loading import load_pretrained, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def image_grid(images: torch.Tensor, cols: int = 4) -> np.ndarray:
+    """uint8 [N, 3, H, W] → one HxWx3 array, ``cols`` images per row (no torchvision here)."""
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    grid = torch.zeros(rows * cols, c, h, w, dtype=torch.uint8)
+    grid[:n] = images.cpu()
+    return grid.view(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c).numpy()
+
+
+class DiffusionLoRAModule(LoRAModuleBase):
+    """VAE and text encoder frozen; LoRA on the UNet attention projections.
+
+    The training step is the denoising objective: encode latents, add noise at random timesteps,
+    predict the noise (or the velocity), MSE — optionally Min-SNR weighted.
+    """
+
+    encoding = "diffusion"
+    metric_names = ("fid", "kid", "clip_mean")
+
+    def __init__(self, pretrained: str, lora: LoraConfig, optimizer, metrics, scheduler=None,
+                 generation: dict | None = None, resolution: int = 512, prediction_type: str | None = None,
+                 snr_gamma: float | None = None, noise_offset: float = 0.0, monitor: str = "val/fid",
+                 mode: str = "min", gradient_checkpointing: bool = False, enable_xformers: bool = False,
+                 image_grid_columns: int = 4):
+        super().__init__(optimizer, scheduler, monitor, mode)
+        self.pretrained = str(pretrained)
+        self.generation = {"num_inference_steps": 30, "guidance_scale": 7.5, **(generation or {})}
+        self.resolution = resolution
+        self.snr_gamma, self.noise_offset = snr_gamma, noise_offset
+        self.grid_columns = image_grid_columns
+
+        self.tokenizer = load_tokenizer(self.pretrained, subfolder="tokenizer")
+        self.text_encoder = load_pretrained(CLIPTextModel, self.pretrained, subfolder="text_encoder")
+        self.vae = load_pretrained(AutoencoderKL, self.pretrained, subfolder="vae")
+        self.unet = load_pretrained(UNet2DConditionModel, self.pretrained, subfolder="unet")
+        self.noise_scheduler = DDPMScheduler.from_pretrained(self.pretrained, subfolder="scheduler")
+        self.prediction_type = prediction_type or self.noise_scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise UserError(f"model.prediction_type={self.prediction_type!r}: use epsilon or v_prediction")
+        self.noise_scheduler.register_to_config(prediction_type=self.prediction_type)
+        for frozen in (self.text_encoder, self.vae, self.unet):
+            frozen.requires_grad_(False)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        if enable_xformers:
+            try:
+                self.unet.enable_xformers_memory_efficient_attention()
+            except (ImportError, ModuleNotFoundError, ValueError) as err:
+                raise UserError(f"model.enable_xformers=true but xformers is unusable here ({err}) — set it to "
+                                "false (PyTorch's scaled-dot-product attention is the default)") from err
+        self.lora_config = lora
+        try:
+            self.unet.add_adapter(lora)
+        except ValueError as err:
+            raise UserError(f"LoRA config does not fit the UNet of {self.pretrained}: {str(err).splitlines()[0]} "
+                            "— set model.lora.target_modules (e.g. [to_k, to_q, to_v, to_out.0])") from err
+        self.image_metrics = metrics
+        self._pipeline: StableDiffusionPipeline | None = None
+        self._real_set = False
+        params = self.count_parameters()
+        log.info("LoRA on the UNet of %s: %d trainable of %d parameters", self.pretrained, params["trainable"],
+                 params["total"])
+
+    # -- training ------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids, return_dict=False)[0]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            latents = self.vae.encode(batch["pixel_values"]).latent_dist.sample() * self.vae.config.scaling_factor
+            text = self.encode_prompts(batch["caption"])
+        noise = torch.randn_like(latents)
+        if self.noise_offset:
+            noise += self.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  device=self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.prediction_type == "epsilon" else \
+            self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        prediction = self.unet(noisy, timesteps, text, return_dict=False)[0]
+        if self.snr_gamma is None:
+            loss = F.mse_loss(prediction.float(), target.float())
+        else:  # Min-SNR weighting (Hang et al. 2023), as in diffusers' training examples
+            snr = compute_snr(self.noise_scheduler, timesteps)
+            weights = torch.clamp(snr, max=self.snr_gamma) / (snr if self.prediction_type == "epsilon" else snr + 1)
+            per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+            loss = (per_sample * weights).mean()
+        self.log_train_loss(loss)
+        return loss
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    @property
+    def pipeline(self) -> StableDiffusionPipeline:
+        """An inference pipeline over this module's own components (so it sees the LoRA as trained)."""
+        if self._pipeline is None:
+            self._pipeline = StableDiffusionPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            self._pipeline.set_progress_bar_config(disable=True)
+        return self._pipeline
+
+    @torch.no_grad()
+    def generate_images(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """uint8 [N, 3, R, R]; each prompt's noise comes from its own seed, so runs are comparable."""
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        out = self.pipeline(list(prompts), height=self.resolution, width=self.resolution, generator=generators,
+                            output_type="pt", **self.generation).images
+        return (out.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def _on_eval_epoch_start(self) -> None:
+        super()._on_eval_epoch_start()
+        if not self._real_set:  # the real images' features are computed once and kept
+            self.image_metrics.set_real_images(self.trainer.datamodule.real_images().to(self.device))
+            self._real_set = True
+
+    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        images = self.generate_images(batch["prompt"], batch["seed"])
+        self.image_metrics.update(images, list(batch["prompt"]))
+        self.predictions += [{"prompt": p, "seed": int(s), "image": img}
+                             for p, s, img in zip(batch["prompt"], batch["seed"], images.cpu())]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _on_eval_epoch_end(self, stage: str) -> None:
+        scores = {k: v for k, v in self.image_metrics.compute().items()
+                  if k in ("fid", "kid", "clip_mean", "clip_min", "clip_max")}
+        self.image_metrics.reset()
+        self.log_scores(stage, scores)
+        if self.predictions and not self.trainer.sanity_checking:
+            self._log_grid(f"{stage}/samples")
+
+    def on_validation_epoch_end(self) -> None:
+        self._on_eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._on_eval_epoch_end("test")
+
+    def _log_grid(self, key: str) -> None:
+        grid = image_grid(torch.stack([p["image"] for p in self.predictions]), self.grid_columns)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):  # W&B, MLflow-style loggers
+                logger.log_image(key=key, images=[grid], step=self.global_step)
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
+                logger.experiment.add_image(key, grid, self.global_step, dataformats="HWC")
+
+    def write_predictions(self, directory: str | Path) -> None:
+        """``images/<n>.png``, ``grid.png`` and ``predictions.jsonl`` (prompt, seed, file)."""
+        directory = Path(directory)
+        (directory / "images").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, p in enumerate(self.predictions):
+            name = f"images/{i:04d}_seed{p['seed']}.png"
+            Image.fromarray(p["image"].permute(1, 2, 0).numpy()).save(directory / name)
+            rows.append({"prompt": p["prompt"], "seed": p["seed"], "image": name})
+        if self.predictions:
+            Image.fromarray(image_grid(torch.stack([p["image"] for p in self.predictions]),
+                                       self.grid_columns)).save(directory / "grid.png")
+        with open(directory / "predictions.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    # -- adapters ------------------------------------------------------------------------------------
+    @contextmanager
+    def adapters_disabled(self):
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    def export_adapter(self, directory: str) -> None:
+        """diffusers' LoRA file, for ``StableDiffusionPipeline.from_pretrained(base).load_lora_weights(dir)``;
+        the LoRA config rides along as metadata so alpha (the scaling) survives the round trip."""
+        StableDiffusionPipeline.save_lora_weights(
+            directory, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet)),
+            unet_lora_adapter_metadata=self.lora_config.to_dict(), safe_serialization=True)
+
+    def load_adapter(self, directory: str) -> None:
+        path = Path(directory) / LORA_FILE
+        if not path.is_file():
+            raise UserError(f"{directory} holds no {LORA_FILE} — pass an adapter directory exported by train.py")
+        state = {k.removeprefix("unet."): v for k, v in load_file(path).items() if k.startswith("unet.")}
+        result = set_peft_model_state_dict(self.unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+        unexpected = [k for k in (getattr(result, "unexpected_keys", None) or []) if "lora" in k]
+        if unexpected:
+            raise UserError(f"adapter {directory} does not fit this UNet's LoRA (e.g. {unexpected[0]}) "
+                            "— set model.lora to the settings it was trained with")
+
+    def report(self) -> dict[str, Any]:
+        lora = self.lora_config
+        return {"family": self.encoding, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
+                "lora": {"r": lora.r, "alpha": lora.lora_alpha, "target_modules": comparable(lora.target_modules)},
+                "parameters": self.count_parameters(), "generation": self.generation,
+                "resolution": self.resolution, "prediction_type": self.prediction_type, "snr_gamma": self.snr_gamma}
