@@ -97,7 +97,11 @@ def test_batches_are_padded_to_their_own_length(tmp_path, tokenizer):
     for batch in list(dm.val_dataloader())[:5]:
         lengths = batch["attention_mask"].sum(dim=1)
         assert batch["input_ids"].shape[1] == int(lengths.max()) < 128
-        assert (batch["labels"] == -100).any() or batch["labels"].shape[1] == len(batch["labels"][0])
+        # labels are padded with -100 (ignored by the loss) up to the batch's longest target
+        label_lengths = (batch["labels"] != -100).sum(dim=1)
+        assert batch["labels"].shape[1] == int(label_lengths.max())
+        for row, n in zip(batch["labels"], label_lengths):
+            assert (row[:n] != -100).all() and (row[n:] == -100).all()
         assert len(batch["target"]) == len(batch["uid"]) == batch["input_ids"].shape[0]
     # evaluation batches are sorted longest first, so padding inside a batch is minimal
     val_lengths = dm.splits["val"]["length"]

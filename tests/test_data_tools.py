@@ -128,8 +128,8 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_cli_on_the_bundled_sample_reports_and_fills_the_cache_train_uses(cache_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_cli("prepare_data.py", "data=amazon_sample", f"hydra.run.dir={run_dir}")
+    run_dir, own_cache = tmp_path / "run", tmp_path / "cache"  # its own cache: other tests may have filled the shared one
+    proc = run_cli("prepare_data.py", "data=amazon_sample", f"paths.cache_dir={own_cache}", f"hydra.run.dir={run_dir}")
     report = read_json(run_dir / "data_report.json")
     # conf/data/amazon.yaml's quality filters leave the sample's result as it was
     assert (report["records_read"], report["kept"]) == (602, 598)
@@ -141,8 +141,8 @@ def test_cli_on_the_bundled_sample_reports_and_fills_the_cache_train_uses(cache_
     md = (run_dir / "data_report.md").read_text()
     assert "| 602 | 598 | 4 | 2 |" in md and "![title_wordcloud.png](title_wordcloud.png)" in md
     assert "prepare records" in proc.stderr  # the progress bar
-    assert str(cache_dir) in report["cache_files"][0]
-    cfg = compose_config("train", ["data=amazon_sample"], tmp_path / "train")
+    assert str(own_cache) in report["cache_files"][0]
+    cfg = compose_config("train", ["data=amazon_sample", f"paths.cache_dir={own_cache}"], tmp_path / "train")
     datamodule = instantiate(cfg.data)
     assert [c["filename"] for c in datamodule.records.cache_files] == report["cache_files"]
 
