@@ -50,6 +50,11 @@ def best_checkpoint_of(run_dir: Path) -> Path | None:
     return None
 
 
+def _is_adapter_dir(path: Path) -> bool:
+    """A PEFT adapter (text) or a diffusers LoRA file (diffusion)."""
+    return (path / "adapter_config.json").is_file() or (path / "pytorch_lora_weights.safetensors").is_file()
+
+
 def resolve_target(ckpt: str, config_from: str | None = None) -> EvalTarget:
     if str(ckpt) == "base":
         run_dir = Path(config_from) if config_from else None
@@ -65,13 +70,13 @@ def resolve_target(ckpt: str, config_from: str | None = None) -> EvalTarget:
             raise UserError(f"ckpt={ckpt} is not a Lightning checkpoint (.ckpt)")
         run_dir = _run_dir_of(path.parent.parent) if path.parent.name == "checkpoints" else None
         return EvalTarget("checkpoint", str(path), run_dir)
-    if (path / "adapter_config.json").is_file():
+    if _is_adapter_dir(path):
         return EvalTarget("adapter", str(path), _run_dir_of(path.parent))
     if _run_dir_of(path):
         best = best_checkpoint_of(path)
         if best is not None:
             return EvalTarget("checkpoint", str(best), path)
-        if (path / "adapter" / "adapter_config.json").is_file():
+        if _is_adapter_dir(path / "adapter"):
             return EvalTarget("adapter", str(path / "adapter"), path)
         raise UserError(f"run directory {path} holds no checkpoint or adapter — was training interrupted "
                         "before the first validation?")

@@ -61,6 +61,9 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
     """Stop with one line, before any model is loaded, when the hardware cannot run this trainer."""
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     precision = str(trainer_cfg.get("precision", "32-true"))
+    if precision in ("16-true", "bf16-true"):
+        raise UserError(f"precision {precision} would keep the LoRA weights and optimizer state in half precision "
+                        f"— use {precision.replace('-true', '-mixed')}")
     devices = trainer_cfg.get("devices", "auto")
     if accelerator == "mps":
         if not torch.backends.mps.is_available():

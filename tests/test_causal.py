@@ -28,6 +28,14 @@ def test_loss_is_masked_on_prompt_tokens(causal_module):
     assert tok.decode(rows["input_ids"][0][len(rows["prompt_ids"][0]):-1]).strip() == "A bright desk lamp."
 
 
+def test_long_prompts_keep_their_end(causal_module):
+    tok = causal_module.tokenizer
+    enc = CausalPairEncoder(tok, max_source_length=6, max_target_length=8)
+    rows = enc({"source": ["Title: a very long product title with many words\nDescription:"], "target": ["x"]})
+    assert len(rows["prompt_ids"][0]) == 6
+    assert tok.decode(rows["prompt_ids"][0]).endswith("Description:")  # the cue survives truncation
+
+
 def test_batches_pad_training_right_and_prompts_left(causal_module):
     tok = causal_module.tokenizer
     enc = CausalPairEncoder(tok, max_source_length=32, max_target_length=16)

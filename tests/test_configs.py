@@ -63,6 +63,17 @@ def test_optuna_direction_follows_the_monitor_mode(tmp_path):
     assert cfg.hydra.sweeper.direction == "minimize" and cfg.optimized_metric == "val/loss_best"
 
 
+def test_monitor_with_the_wrong_direction_is_refused(cache_dir, tmp_path):
+    from hydra.utils import instantiate
+
+    from src.runtime import find_user_error
+
+    cfg = compose_config("train", ["experiment=quickstart", "model.mode=min"], tmp_path)
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.model)
+    assert "val/rougeL is better when higher — set model.mode=max" in str(find_user_error(info.value))
+
+
 def test_evaluate_config_composes(tmp_path):
     cfg = compose_config("evaluate", ["ckpt=base"], tmp_path)
     assert cfg.split == "test" and cfg.ckpt == "base"
@@ -72,6 +83,7 @@ def test_evaluate_config_composes(tmp_path):
     ({"accelerator": "mps"}, "trainer=mps needs Apple silicon"),
     ({"accelerator": "gpu", "devices": 1}, "needs a CUDA GPU"),
     ({"accelerator": "cpu", "precision": "16-mixed"}, "not supported on CPU"),
+    ({"accelerator": "cpu", "precision": "bf16-true"}, "would keep the LoRA weights .* use bf16-mixed"),
 ])
 def test_missing_hardware_is_a_user_error(trainer, message, monkeypatch):
     monkeypatch.setattr("torch.backends.mps.is_available", lambda: False)

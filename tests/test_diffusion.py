@@ -107,6 +107,24 @@ def test_exported_lora_loads_with_plain_diffusers_and_changes_the_output(shoes_r
     assert np.abs(tuned - base).mean() > 1e-3
 
 
+def test_exported_lora_evaluates_and_must_match_the_lora_config(shoes_run, tmp_path):
+    run_cli("evaluate.py", f"ckpt={shoes_run / 'adapter'}",
+            f"hydra.run.dir={tmp_path / 'ok'}")
+    assert read_json(tmp_path / "ok" / "metrics.json")["evaluated"]["kind"] == "adapter"
+    proc = run_cli("evaluate.py", f"ckpt={shoes_run / 'adapter'}", "model.lora.lora_alpha=4",
+                   f"hydra.run.dir={tmp_path / 'bad'}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: adapter {shoes_run / 'adapter'} has lora_alpha=8 but the model config has 4 "
+        "— set model.lora.lora_alpha to match")
+
+
+def test_resolution_must_fit_the_vae_and_unet(cache_dir, tmp_path):
+    cfg = compose_config("train", [*QUICK_SHOES, "data.resolution=36"], tmp_path)
+    with pytest.raises(UserError, match="resolution 36 is not a multiple of 8"):
+        build_model_and_data(cfg)
+
+
 def test_resume_continues_the_step_count(shoes_run, tmp_path):
     run_cli("train.py", *QUICK_SHOES, "trainer.max_steps=40", "trainer.val_check_interval=10", "test=false",
             f"ckpt_path={shoes_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}")

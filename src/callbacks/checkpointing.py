@@ -48,8 +48,8 @@ class LastCheckpoint(ModelCheckpoint):
                          **kwargs)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, NonFiniteLossError):
-            return
+        if isinstance(exception, NonFiniteLossError) or trainer.state.fn != "fit":
+            return  # a failure in test() after fit holds the best weights, not the state to resume
         super().on_exception(trainer, pl_module, exception)
         self._announce(trainer)
 

@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 class EpochSummary(L.Callback):
     """``epoch 3/20 (step 90) | train/loss 1.234 | val/loss 1.101 | val/rougeL 0.2512 | val/bleu 10.31 | best 0.2700``"""
 
-    def __init__(self, keys: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/rougeL", "val/bleu")):
+    def __init__(self, keys: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/rougeL", "val/bleu", "val/fid",
+                                                 "val/kid", "val/clip_mean")):
         self.keys = tuple(keys)
 
     @rank_zero_only

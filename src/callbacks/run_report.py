@@ -46,7 +46,7 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def fit_end_reason(trainer: L.Trainer) -> str:
     for callback in trainer.callbacks:
-        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+        if isinstance(callback, EarlyStopping) and (callback.stopped_epoch > 0 or callback.wait_count >= callback.patience):
             return f"early_stopping: {callback.monitor} did not improve for {callback.patience} validations"
     if trainer.max_steps not in (-1, None) and trainer.global_step >= trainer.max_steps:
         return "max_steps"

@@ -66,8 +66,8 @@ class CausalPairEncoder:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         tok = self.tokenizer
-        prompts = tok(batch["source"], truncation=True, max_length=self.max_source_length,
-                      add_special_tokens=False)["input_ids"]
+        # long prompts lose their beginning, not the cue at their end ("\nDescription:")
+        prompts = [ids[-self.max_source_length:] for ids in tok(batch["source"], add_special_tokens=False)["input_ids"]]
         # a leading space so the target's first word is tokenized as it is inside running text
         targets = tok([" " + t for t in batch["target"]], truncation=True, max_length=self.max_target_length - 1,
                       add_special_tokens=False)["input_ids"]

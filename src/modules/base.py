@@ -15,6 +15,8 @@ from src.modules.adapter_checkpoint import TrainableStateDictMixin
 from src.modules.guards import check_finite_loss
 
 MODES = {"max": MaxMetric, "min": MinMetric}
+# which way is better, so a monitor with the wrong mode never keeps the worst checkpoints
+DIRECTIONS = {"rougeL": "max", "bleu": "max", "clip_mean": "max", "loss": "min", "fid": "min", "kid": "min"}
 
 
 def comparable(value: Any) -> Any:
@@ -36,6 +38,9 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
         stage, _, name = monitor.partition("/")
         if stage != "val" or name not in self.metric_names:
             raise UserError(f"model.monitor={monitor!r}: use one of " + ", ".join(f"val/{m}" for m in self.metric_names))
+        if DIRECTIONS[name] != mode:
+            raise UserError(f"model.monitor={monitor} is better when {'higher' if DIRECTIONS[name] == 'max' else 'lower'}"
+                            f" — set model.mode={DIRECTIONS[name]}")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.monitor, self.mode = monitor, mode

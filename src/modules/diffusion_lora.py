@@ -16,7 +16,6 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL import Image
-from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
 from src.errors import UserError
@@ -64,6 +63,10 @@ class DiffusionLoRAModule(LoRAModuleBase):
         self.vae = load_pretrained(AutoencoderKL, self.pretrained, subfolder="vae")
         self.unet = load_pretrained(UNet2DConditionModel, self.pretrained, subfolder="unet")
         self.noise_scheduler = DDPMScheduler.from_pretrained(self.pretrained, subfolder="scheduler")
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if resolution % factor:
+            raise UserError(f"resolution {resolution} is not a multiple of {factor}, which this VAE and UNet need "
+                            f"— set data.resolution to a multiple of {factor}")
         self.prediction_type = prediction_type or self.noise_scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise UserError(f"model.prediction_type={self.prediction_type!r}: use epsilon or v_prediction")
@@ -143,7 +146,10 @@ class DiffusionLoRAModule(LoRAModuleBase):
     def _on_eval_epoch_start(self) -> None:
         super()._on_eval_epoch_start()
         if not self._real_set:  # the real images' features are computed once and kept
-            self.image_metrics.set_real_images(self.trainer.datamodule.real_images().to(self.device))
+            real = self.trainer.datamodule.real_images()
+            # each process adds its own shard: FID/KID states are summed across processes
+            shard = real[self.global_rank::self.trainer.world_size]
+            self.image_metrics.set_real_images(shard.to(self.device))
             self._real_set = True
 
     on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
@@ -214,10 +220,15 @@ class DiffusionLoRAModule(LoRAModuleBase):
             unet_lora_adapter_metadata=self.lora_config.to_dict(), safe_serialization=True)
 
     def load_adapter(self, directory: str) -> None:
-        path = Path(directory) / LORA_FILE
-        if not path.is_file():
+        if not (Path(directory) / LORA_FILE).is_file():
             raise UserError(f"{directory} holds no {LORA_FILE} — pass an adapter directory exported by train.py")
-        state = {k.removeprefix("unet."): v for k, v in load_file(path).items() if k.startswith("unet.")}
+        state, _, metadata = StableDiffusionPipeline.lora_state_dict(directory, return_lora_metadata=True)
+        for name in ("r", "lora_alpha", "target_modules"):  # a different alpha would load with the wrong scale
+            theirs, ours = comparable((metadata or {}).get(f"unet.{name}")), comparable(getattr(self.lora_config, name))
+            if theirs is not None and theirs != ours:
+                raise UserError(f"adapter {directory} has {name}={theirs} but the model config has {ours} "
+                                f"— set model.lora.{name} to match")
+        state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
         result = set_peft_model_state_dict(self.unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
         unexpected = [k for k in (getattr(result, "unexpected_keys", None) or []) if "lora" in k]
         if unexpected:
