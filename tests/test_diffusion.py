@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from hydra.utils import instantiate
 
 from src.errors import UserError
 from src.metrics.image import ImageGenerationMetrics

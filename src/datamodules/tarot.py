@@ -135,14 +135,15 @@ class TarotDataModule(TextPairDataModule):
 
     def statistics(self) -> dict[str, Any]:
         names = self.splits["train"].features["card"].names
+        # with test_fraction=0 the test split is the val split: count it once
+        splits = ["train", "val"] + (["test"] if self.hparams.test_fraction else [])
         per_card = {}
-        for split in ("train", "val"):
+        for split in splits:
             counts = pc.value_counts(self.splits[split].with_format("arrow")["card"]).to_pylist()
             per_card[split] = {names[c["values"]]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
-        kept = self.splits["train"].num_rows + self.splits["val"].num_rows
-        lengths = [pc.sum(pc.utf8_length(self.splits[s].with_format("arrow")["target"])).as_py()
-                   for s in ("train", "val")]
-        return {"records": kept, "unique_cards": len(set(per_card["train"]) | set(per_card["val"])),
+        kept = sum(self.splits[s].num_rows for s in splits)
+        lengths = [pc.sum(pc.utf8_length(self.splits[s].with_format("arrow")["target"])).as_py() for s in splits]
+        return {"records": kept, "unique_cards": len(set().union(*per_card.values())),
                 "mean_reading_chars": round(sum(lengths) / kept, 1), "per_card": per_card,
                 "unknown_cards": self.unknown_cards()}
 

@@ -60,8 +60,11 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
         optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer,
-                                           num_training_steps=int(self.trainer.estimated_stepping_batches))
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise UserError("the learning-rate schedule needs a finite run — set trainer.max_steps or "
+                            "trainer.max_epochs (or model.scheduler=null)")
+        scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -93,6 +96,17 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
         """``predictions.jsonl``, one line per evaluated sample (families may add files)."""
         with open(Path(directory) / "predictions.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in self.predictions)
+
+    def report(self) -> dict[str, Any]:
+        """The model section of the run report; families add theirs in ``extra_report``."""
+        lora = self.lora_config
+        return {"family": self.encoding, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
+                "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                         "target_modules": comparable(lora.target_modules)},
+                "parameters": self.count_parameters(), "generation": self.generation, **self.extra_report()}
+
+    def extra_report(self) -> dict[str, Any]:
+        return {}
 
     @contextmanager
     def adapters_disabled(self):

@@ -235,9 +235,5 @@ class DiffusionLoRAModule(LoRAModuleBase):
             raise UserError(f"adapter {directory} does not fit this UNet's LoRA (e.g. {unexpected[0]}) "
                             "— set model.lora to the settings it was trained with")
 
-    def report(self) -> dict[str, Any]:
-        lora = self.lora_config
-        return {"family": self.encoding, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
-                "lora": {"r": lora.r, "alpha": lora.lora_alpha, "target_modules": comparable(lora.target_modules)},
-                "parameters": self.count_parameters(), "generation": self.generation,
-                "resolution": self.resolution, "prediction_type": self.prediction_type, "snr_gamma": self.snr_gamma}
+    def extra_report(self) -> dict[str, Any]:
+        return {"resolution": self.resolution, "prediction_type": self.prediction_type, "snr_gamma": self.snr_gamma}

@@ -122,10 +122,5 @@ class TextLoRAModule(LoRAModuleBase):
         if unexpected:
             raise UserError(f"adapter {directory} holds weights this model lacks, e.g. {unexpected[0]}")
 
-    def report(self) -> dict[str, Any]:
-        lora = self.lora_config
-        return {"family": self.encoding, "base": self.pretrained, "quantization": self.quantization,
-                "monitor": self.monitor, "mode": self.mode,
-                "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                         "target_modules": comparable(lora.target_modules)},
-                "parameters": self.count_parameters(), "generation": self.generation}
+    def extra_report(self) -> dict[str, Any]:
+        return {"quantization": self.quantization}
