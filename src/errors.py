@@ -11,3 +11,14 @@ class UserError(Exception):
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind an exception, through wrappers such as Hydra's InstantiationException."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

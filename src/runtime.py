@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from src.errors import UserError
+from src.errors import UserError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +36,6 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         log.debug("user error", exc_info=True)  # the traceback stays in the log file only
         print(f"error: {user_error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-
-
-def find_user_error(err: BaseException | None) -> UserError | None:
-    """The UserError behind an exception, through wrappers such as Hydra's InstantiationException."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def check_hardware(cfg: DictConfig) -> None:

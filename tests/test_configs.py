@@ -66,7 +66,7 @@ def test_optuna_direction_follows_the_monitor_mode(tmp_path):
 def test_monitor_with_the_wrong_direction_is_refused(cache_dir, tmp_path):
     from hydra.utils import instantiate
 
-    from src.runtime import find_user_error
+    from src.errors import find_user_error
 
     cfg = compose_config("train", ["experiment=quickstart", "model.mode=min"], tmp_path)
     with pytest.raises(Exception) as info:

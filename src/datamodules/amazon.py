@@ -4,7 +4,7 @@ from functools import cached_property
 
 import datasets
 
-from src.datamodules.records import load_jsonl_records, skip_counts
+from src.datamodules.records import load_jsonl_records, skip_counts, with_skip_reason
 from src.datamodules.text_pairs import TextPairDataModule
 from src.errors import UserError
 
@@ -55,7 +55,5 @@ class AmazonTitlesDataModule(TextPairDataModule):
         def to_pair(batch):
             return {"source": [template.format(title=t) for t in batch["title"]], "target": batch["content"]}
 
-        good = self.records.filter(lambda reasons: [r == "" for r in reasons], input_columns="skip_reason",
-                                   batched=True, desc="drop skipped records")
-        return good.map(to_pair, batched=True, remove_columns=["title", "content", "skip_reason"],
+        return with_skip_reason(self.records).map(to_pair, batched=True, remove_columns=["title", "content", "skip_reason"],
                         desc="apply prompt template")

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from src.datamodules.cleaning import clean_text, word_count
-from src.errors import UserError
+from src.errors import UserError, find_user_error
 
 ON_BAD_RECORD = ("skip", "error")
 
@@ -133,13 +133,23 @@ def load_jsonl_records(files: list[str], fields: list[str], cache_dir: str, on_b
                                              2)).encode()).hexdigest()[:16],
         )
     except datasets.exceptions.DatasetGenerationError as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__ or cause.__context__
-        raise (cause or err) from None
+        raise (find_user_error(err) or err) from None
+
+
+def value_counts(dataset: datasets.Dataset, column: str) -> dict:
+    """How often each value of ``column`` occurs, computed in Arrow (no Python list of 2M strings)."""
+    if not len(dataset):
+        return {}
+    counts = pc.value_counts(dataset.with_format("arrow")[column]).to_pylist()  # respects filter/select
+    return {c["values"]: c["counts"] for c in counts}
 
 
 def skip_counts(dataset: datasets.Dataset) -> dict[str, int]:
-    """Records skipped, by reason, computed in Arrow (no Python list of 2M strings)."""
-    counts = pc.value_counts(dataset.data.column("skip_reason")).to_pylist()
-    return {c["values"]: c["counts"] for c in counts if c["values"]}
+    """Records skipped, by reason."""
+    return {reason: n for reason, n in value_counts(dataset, "skip_reason").items() if reason}
+
+
+def with_skip_reason(dataset: datasets.Dataset, reason: str = "") -> datasets.Dataset:
+    """The rows skipped for ``reason``; the default, "", gives the usable ones."""
+    return dataset.filter(lambda reasons: [r == reason for r in reasons], input_columns="skip_reason",
+                          batched=True, desc=f"rows with skip_reason={reason!r}")

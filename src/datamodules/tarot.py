@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
+from src.datamodules.records import skip_counts, value_counts, with_skip_reason
 from src.datamodules.text_pairs import TextPairDataModule
 from src.errors import UserError
 
@@ -101,15 +102,10 @@ class TarotDataModule(TextPairDataModule):
         return self.raw.map(check, batched=True, desc="check cards")
 
     def skipped(self) -> dict[str, int]:
-        counts = pc.value_counts(self.checked.with_format("arrow")["skip_reason"]).to_pylist()
-        return {c["values"]: c["counts"] for c in counts if c["values"]}
+        return skip_counts(self.checked)
 
     def unknown_cards(self) -> dict[str, int]:
-        unknown = self.checked.filter(lambda r: [x == "unknown_card" for x in r], input_columns="skip_reason",
-                                      batched=True)
-        if not len(unknown):
-            return {}
-        return {c["values"]: c["counts"] for c in pc.value_counts(unknown.with_format("arrow")["card"]).to_pylist()}
+        return value_counts(with_skip_reason(self.checked, "unknown_card"), "card")
 
     def load_pairs(self) -> datasets.Dataset:
         template, default_question = self.prompt_template, self.default_question
@@ -119,8 +115,7 @@ class TarotDataModule(TextPairDataModule):
                                for c, q in zip(batch["canonical_card"], batch["question"])],
                     "target": batch["reading"], "card": batch["canonical_card"]}
 
-        good = self.checked.filter(lambda r: [x == "" for x in r], input_columns="skip_reason", batched=True)
-        pairs = good.map(to_pair, batched=True, remove_columns=["canonical_card", "skip_reason", "question", "reading"],
+        pairs = with_skip_reason(self.checked).map(to_pair, batched=True, remove_columns=["canonical_card", "skip_reason", "question", "reading"],
                          desc="apply prompt template")
         return pairs.cast_column("card", datasets.ClassLabel(names=list(MAJOR_ARCANA)))
 
@@ -139,8 +134,8 @@ class TarotDataModule(TextPairDataModule):
         splits = ["train", "val"] + (["test"] if self.hparams.test_fraction else [])
         per_card = {}
         for split in splits:
-            counts = pc.value_counts(self.splits[split].with_format("arrow")["card"]).to_pylist()
-            per_card[split] = {names[c["values"]]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}
+            counts = value_counts(self.splits[split], "card")
+            per_card[split] = {names[card]: n for card, n in sorted(counts.items())}
         kept = sum(self.splits[s].num_rows for s in splits)
         lengths = [pc.sum(pc.utf8_length(self.splits[s].with_format("arrow")["target"])).as_py() for s in splits]
         return {"records": kept, "unique_cards": len(set().union(*per_card.values())),

@@ -164,13 +164,19 @@ class TextPairDataModule(L.LightningDataModule):
             raise RuntimeError("the datamodule needs the model's tokenizer: instantiate it with tokenizer=")
         hp = self.hparams
         limits = {"train": hp.limit_train_samples, "val": hp.limit_val_samples, "test": hp.limit_test_samples}
+        prepared: dict[tuple[int, int | None], datasets.Dataset] = {}
         for name, part in self.split(self.load_pairs()).items():
+            key = (id(part), limits[name])  # test_fraction=0: test is the val split, tokenized once
+            if name != "train" and key in prepared:
+                self.splits[name] = prepared[key]
+                continue
             if limits[name] is not None:
                 part = part.select(range(min(limits[name], len(part))))
             part = part.map(self.encoder, batched=True, desc=f"tokenize {name}",
                             new_fingerprint=self._fingerprint(part, name))
             if name != "train":  # generation is fastest on length-sorted batches
                 part = part.sort("length", reverse=True)
+                prepared[key] = part
             self.splits[name] = part
 
     def _fingerprint(self, part: datasets.Dataset, name: str) -> str:
