@@ -1,102 +1,20 @@
 """``evaluate.py``: score a checkpoint, an exported adapter, a run's best checkpoint, or the base model."""
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from src.callbacks.run_report import to_builtin, write_json
 from src.errors import UserError
-from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
 from src.runtime import build_model_and_data, check_hardware
+from src.targets import load_target_weights, resolve_target, with_run_config
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
-RUN_KEYS = ("model", "data", "seed")  # what a run's own config decides about evaluation
-
-
-@dataclass
-class EvalTarget:
-    kind: str  # "base", "checkpoint" or "adapter"
-    path: str | None
-    run_dir: Path | None
-
-
-def _run_dir_of(path: Path) -> Path | None:
-    return path if (path / ".hydra" / "config.yaml").is_file() else None
-
-
-def best_checkpoint_of(run_dir: Path) -> Path | None:
-    """The run's best checkpoint: from its report, else from ModelCheckpoint's state in last.ckpt."""
-    candidates = []
-    report = run_dir / "metrics.json"
-    if report.is_file():
-        candidates.append((json.loads(report.read_text()).get("best_checkpoint") or {}).get("path"))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
-        candidates += [s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")]
-    for candidate in filter(None, candidates):
-        for path in (Path(candidate), run_dir / "checkpoints" / Path(candidate).name):  # the run may have moved
-            if path.is_file():
-                return path
-    return None
-
-
-def _is_adapter_dir(path: Path) -> bool:
-    """A PEFT adapter (text) or a diffusers LoRA file (diffusion)."""
-    return (path / "adapter_config.json").is_file() or (path / "pytorch_lora_weights.safetensors").is_file()
-
-
-def resolve_target(ckpt: str, config_from: str | None = None) -> EvalTarget:
-    if str(ckpt) == "base":
-        run_dir = Path(config_from) if config_from else None
-        if run_dir and not _run_dir_of(run_dir):
-            raise UserError(f"config_from={config_from} is not a run directory (no .hydra/config.yaml)")
-        return EvalTarget("base", None, run_dir)
-    path = Path(ckpt).expanduser()
-    if not path.exists():
-        raise UserError(f"ckpt={ckpt} does not exist — pass a run directory, a .ckpt file, "
-                        "an exported adapter directory, or ckpt=base")
-    if path.is_file():
-        if path.suffix != ".ckpt":
-            raise UserError(f"ckpt={ckpt} is not a Lightning checkpoint (.ckpt)")
-        run_dir = _run_dir_of(path.parent.parent) if path.parent.name == "checkpoints" else None
-        return EvalTarget("checkpoint", str(path), run_dir)
-    if _is_adapter_dir(path):
-        return EvalTarget("adapter", str(path), _run_dir_of(path.parent))
-    if _run_dir_of(path):
-        best = best_checkpoint_of(path)
-        if best is not None:
-            return EvalTarget("checkpoint", str(best), path)
-        if _is_adapter_dir(path / "adapter"):
-            return EvalTarget("adapter", str(path / "adapter"), path)
-        raise UserError(f"run directory {path} holds no checkpoint or adapter — was training interrupted "
-                        "before the first validation?")
-    raise UserError(f"ckpt={ckpt} is neither a run directory, a .ckpt file nor an adapter directory")
-
-
-def _with_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """The run's model, data and seed, with this command line's explicit overrides on top."""
-    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    merged = cfg.copy()
-    with open_dict(merged):
-        for key in RUN_KEYS:
-            if key not in keys:  # `data=...` on the command line picks another dataset on purpose
-                merged[key] = run_cfg[key]
-        for key in keys:
-            if key.split(".", 1)[0] in RUN_KEYS and "." in key:
-                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
-    return merged
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -104,15 +22,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise UserError(f"split={cfg.split} must be one of {SPLITS}")
     target = resolve_target(cfg.ckpt, cfg.get("config_from"))
     if target.run_dir is not None:
-        cfg = _with_run_config(cfg, target.run_dir)
+        cfg = with_run_config(cfg, target.run_dir)
     check_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     module, datamodule = build_model_and_data(cfg)
-    if target.kind == "checkpoint":
-        module.load_state_dict(trainable_state_from_checkpoint(target.path))
-    elif target.kind == "adapter":
-        module.load_adapter(target.path)
+    load_target_weights(module, target)
     # one process: predictions are collected in this process and written below
     trainer: L.Trainer = instantiate(cfg.trainer, devices=1, strategy="auto", num_nodes=1, logger=False,
                                      callbacks=[], enable_checkpointing=False)
