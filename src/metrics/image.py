@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import CatMetric
+from torchmetrics.utilities import dim_zero_cat
 
 from src.errors import UserError
 
@@ -253,7 +254,8 @@ class ImageGenerationMetrics(nn.Module):
     ``set_real_images`` (once), then per evaluation round ``update`` → ``compute`` → ``reset``.
     ``compute()`` returns ``fid``, ``kid`` (mean over subsets), ``kid_std``, ``clip_mean``,
     ``clip_min``, ``clip_max`` (scalar tensors, already reduced over processes) and leaves the
-    per-image CLIP scores in ``self.clip_scores``. Fewer than 2 real or 2 generated images give NaN
+    per-image CLIP scores in ``self.clip_scores`` and the generated images' features in
+    ``self.generated_features`` (for bootstrap intervals; ``reset()`` clears both). Fewer than 2 real or 2 generated images give NaN
     FID/KID (with a warning) instead of an error.
 
     Under DDP each process passes its own shard of real and generated images; the torchmetrics
@@ -287,6 +289,7 @@ class ImageGenerationMetrics(nn.Module):
         self.batch_size = batch_size
         self.real_images_set = False
         self.clip_scores = torch.zeros(0)
+        self.generated_features = torch.zeros(0)
         self._clip_loaded: dict = {}  # a plain dict: the frozen CLIP stays out of state_dict() and parameters()
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
 
@@ -364,6 +367,7 @@ class ImageGenerationMetrics(nn.Module):
         out = {}
         with _full_precision(self.device), self._synced(self.fid), self._synced(self.kid):
             n_real, n_fake = int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples)
+            self.generated_features = dim_zero_cat(self.kid.fake_features) if n_fake else torch.zeros(0)
             if min(n_real, n_fake) < 2:
                 warnings.warn(f"FID/KID need at least 2 real and 2 generated images, got {n_real} and {n_fake}: "
                               "reporting NaN", stacklevel=2)
@@ -395,3 +399,35 @@ class ImageGenerationMetrics(nn.Module):
         self.kid.reset()
         self.clip.reset()
         self.clip_scores = torch.zeros(0, device=self.device)
+        self.generated_features = torch.zeros(0)
+
+    def real_statistics(self) -> tuple[Tensor, Tensor]:
+        """Mean and covariance (float64) of the real images' features, as FID computes them."""
+        with self._synced(self.fid):
+            n = self.fid.real_features_num_samples
+            mean = (self.fid.real_features_sum / n).unsqueeze(0)
+            cov = (self.fid.real_features_cov_sum - n * mean.t().mm(mean)) / (n - 1)
+        return mean.squeeze(0).cpu(), cov.cpu()
+
+
+def fid_from_features(real_mean: Tensor, real_cov: Tensor, features: Tensor) -> float:
+    """FID of generated ``features`` [N, D] against fixed real statistics (torchmetrics' formula, float64).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> real = torch.randn(500, 4, generator=g, dtype=torch.float64)
+    >>> mean, cov = real.mean(0), real.T.cov()
+    >>> round(fid_from_features(mean, cov, real), 6), fid_from_features(mean, cov, real + 3) > 30
+    (0.0, True)
+    """
+    from torchmetrics.image.fid import _compute_fid  # the same formula as FrechetInceptionDistance.compute
+
+    features = features.double()
+    if len(features) < 2:
+        return float("nan")
+    return max(float(_compute_fid(real_mean.double(), real_cov.double(), features.mean(0), features.T.cov())), 0.0)
+
+
+def fid_statistic(real_mean: Tensor, real_cov: Tensor, features: Tensor):
+    """A bootstrap statistic: FID of the generated images at the given indices; the real statistics stay fixed."""
+    features = features.double().cpu()
+    return lambda idx: fid_from_features(real_mean, real_cov, features[torch.as_tensor(idx)])

@@ -1,4 +1,5 @@
-"""ROUGE-L F-measure (0–1) and corpus BLEU on sacreBLEU's 0–100 scale, as torchmetrics metrics.
+"""ROUGE-L F-measure (0–1) and corpus BLEU on sacreBLEU's 0–100 scale, as torchmetrics metrics, plus
+what bootstrap intervals need: sentence ROUGE-L per prediction and corpus BLEU over resampled sentences.
 
 >>> m = TextGenerationMetrics()
 >>> m.update(["a red running shoe"], ["a red running shoe with laces"])
@@ -8,8 +9,11 @@
 
 import re
 
+import numpy as np
 import torch
+from sacrebleu.metrics import BLEU
 from torchmetrics import MetricCollection
+from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
 _NON_WORD = re.compile(r"[\W_]+")
@@ -53,3 +57,29 @@ class TextGenerationMetrics(MetricCollection):
 
     def __init__(self, prefix: str | None = None):
         super().__init__({"rougeL": RougeL(), "bleu": CorpusBLEU()}, prefix=prefix, compute_groups=False)
+
+
+def sentence_rouge_l(preds: list[str], targets: list[str]) -> list[float]:
+    """ROUGE-L F-measure of each (prediction, reference) pair; their mean is ``RougeL``'s corpus value.
+
+    >>> sentence_rouge_l(["a red running shoe", "boots"], ["a red running shoe with laces", "a blue sandal"])
+    [0.8, 0.0]
+    """
+    return [round(float(rouge_score(p, t, rouge_keys="rougeL", normalizer=unicode_normalizer)["rougeL_fmeasure"]), 6)
+            for p, t in zip(preds, targets, strict=True)]
+
+
+def corpus_bleu_statistic(preds: list[str], targets: list[str]):
+    """A bootstrap statistic: corpus BLEU (0–100) of the sentences at the given indices, recomputed by
+    sacreBLEU from per-sentence n-gram counts (the same 13a tokenization and no smoothing as ``CorpusBLEU``).
+
+    >>> preds, refs = ["a red running shoe", "a blue leather boot"], ["a red running shoe with laces", "a blue leather boot"]
+    >>> bleu = corpus_bleu_statistic(preds, refs)
+    >>> corpus = CorpusBLEU()
+    >>> corpus.update(preds, refs)
+    >>> round(bleu(np.arange(2)), 3) == round(float(corpus.compute()), 3), round(bleu(np.array([1, 1])), 3)
+    (True, 100.0)
+    """
+    scorer = BLEU(smooth_method="none", tokenize="13a")
+    stats = np.asarray(scorer._extract_corpus_statistics(list(preds), [list(targets)]), dtype=np.int64)
+    return lambda idx: float(scorer._compute_score_from_stats(stats[idx].sum(axis=0).tolist()).score)
