@@ -67,7 +67,7 @@ def test_evaluate_reproduces_the_logged_validation_score(trained_run, tmp_path):
     best = read_json(trained_run / "metrics.json")["best_checkpoint"]
     assert metrics["evaluated"]["path"] == best["path"]
     assert metrics["metrics"]["val/rougeL"] == pytest.approx(best["score"], abs=1e-5)
-    assert len(predictions) == 60 and set(predictions[0]) == {"uid", "input", "reference", "prediction"}
+    assert len(predictions) == 60 and set(predictions[0]) == {"uid", "input", "reference", "prediction", "rougeL"}
 
 
 def test_base_and_adapter_are_evaluated_on_the_same_test_samples(trained_run, tmp_path):

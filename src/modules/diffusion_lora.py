@@ -90,6 +90,7 @@ class DiffusionLoRAModule(LoRAModuleBase):
         self.image_metrics = metrics
         self._pipeline: StableDiffusionPipeline | None = None
         self._real_set = False
+        self.generated_features = torch.zeros(0)  # of the last evaluation round
         params = self.count_parameters()
         log.info("LoRA on the UNet of %s: %d trainable of %d parameters", self.pretrained, params["trainable"],
                  params["total"])
@@ -169,10 +170,20 @@ class DiffusionLoRAModule(LoRAModuleBase):
     def _on_eval_epoch_end(self, stage: str) -> None:
         scores = {k: v for k, v in self.image_metrics.compute().items()
                   if k in ("fid", "kid", "clip_mean", "clip_min", "clip_max")}
+        self._keep_per_image_scores()
         self.image_metrics.reset()
         self.log_scores(stage, scores)
         if self.predictions and not self.trainer.sanity_checking:
             self._log_grid(f"{stage}/samples")
+
+    def _keep_per_image_scores(self) -> None:
+        """What bootstrap intervals resample: each image's CLIP score (in its prediction row) and the
+        generated images' features (FID), kept until the next evaluation round."""
+        self.generated_features = self.image_metrics.generated_features.cpu()
+        clip = self.image_metrics.clip_scores.tolist()
+        if self.trainer.world_size == 1 and len(clip) == len(self.predictions):  # gathered order = row order
+            for row, score in zip(self.predictions, clip):
+                row["clip"] = score
 
     def on_validation_epoch_end(self) -> None:
         self._on_eval_epoch_end("val")
@@ -196,7 +207,8 @@ class DiffusionLoRAModule(LoRAModuleBase):
         for i, p in enumerate(self.predictions):
             name = f"images/{i:04d}_seed{p['seed']}.png"
             Image.fromarray(p["image"].permute(1, 2, 0).numpy()).save(directory / name)
-            rows.append({"prompt": p["prompt"], "seed": p["seed"], "image": name})
+            rows.append({"prompt": p["prompt"], "seed": p["seed"], "image": name,
+                         **({"clip": p["clip"]} if "clip" in p else {})})
         if self.predictions:
             Image.fromarray(image_grid(torch.stack([p["image"] for p in self.predictions]),
                                        self.grid_columns)).save(directory / "grid.png")

@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, load_peft_we
 from torchmetrics import MeanMetric
 
 from src.errors import UserError
-from src.metrics.text import TextGenerationMetrics
+from src.metrics.text import TextGenerationMetrics, sentence_rouge_l
 from src.modules.base import LoRAModuleBase, comparable
 from src.pretrained.loading import load_pretrained, load_tokenizer
 from src.pretrained.quantization import check_quantization, prepare_for_kbit, quantized_load_kwargs
@@ -77,8 +77,10 @@ class TextLoRAModule(LoRAModuleBase):
         self.losses[stage].update(self(batch).loss, weight=n)
         predictions = self.generate_texts(batch)
         self.metrics[stage].update(predictions, batch["target"])
-        self.predictions += [{"uid": u, "input": s, "reference": t, "prediction": p}
-                             for u, s, t, p in zip(batch["uid"], batch["source"], batch["target"], predictions)]
+        # sentence ROUGE-L per row: what bootstrap intervals resample (their mean is the logged ROUGE-L)
+        rouge = sentence_rouge_l(predictions, batch["target"])
+        self.predictions += [{"uid": u, "input": s, "reference": t, "prediction": p, "rougeL": r}
+                             for u, s, t, p, r in zip(batch["uid"], batch["source"], batch["target"], predictions, rouge)]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
