@@ -1,7 +1,10 @@
-"""``evaluate.py``: score a checkpoint, an exported adapter, a run's best checkpoint, or the base model."""
+"""``evaluate.py``: score a checkpoint, an exported adapter, a run's best checkpoint, or the base model;
+with ``compare=all``, every checkpoint of a run or the runs of a sweep (``src/comparison``)."""
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
@@ -17,9 +20,13 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split} must be one of {SPLITS}")
+    if cfg.get("compare") is not None:
+        from src.comparison.runner import compare
+
+        return compare(cfg)
     target = resolve_target(cfg.ckpt, cfg.get("config_from"))
     if target.run_dir is not None:
         cfg = with_run_config(cfg, target.run_dir)
@@ -28,24 +35,36 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     module, datamodule = build_model_and_data(cfg)
     load_target_weights(module, target)
-    # one process: predictions are collected in this process and written below
-    trainer: L.Trainer = instantiate(cfg.trainer, devices=1, strategy="auto", num_nodes=1, logger=False,
-                                     callbacks=[], enable_checkpointing=False)
-    run = trainer.validate if cfg.split == "val" else trainer.test
-    if target.kind == "base":
-        with module.adapters_disabled():
-            results = run(module, datamodule=datamodule, verbose=True)
-    else:
-        results = run(module, datamodule=datamodule, verbose=True)
-
-    metrics = {k: to_builtin(v) for k, v in results[0].items()}
+    metrics = run_evaluation(cfg, module, datamodule, as_base=target.kind == "base", verbose=True)
     out = Path(cfg.paths.output_dir)
-    write_json(out / "metrics.json", {
-        "metrics": metrics,
-        "evaluated": {"kind": target.kind, "path": target.path, "run_dir": str(target.run_dir or ""),
-                      "split": cfg.split, "samples": len(module.predictions), "model": module.report()},
-    })
-    module.write_predictions(out)
+    write_evaluation(out, metrics, module, {"kind": target.kind, "path": target.path,
+                                            "run_dir": str(target.run_dir or ""), "split": cfg.split})
     log.info("evaluated %s (%s) on %d %s samples: %s\nwritten to %s: metrics.json, predictions.jsonl",
              target.path or "the base model", target.kind, len(module.predictions), cfg.split, metrics, out)
     return metrics
+
+
+def run_evaluation(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
+                   as_base: bool = False, verbose: bool = False) -> dict[str, float]:
+    """One pass over ``cfg.split`` with the module's current weights (LoRA disabled with ``as_base``).
+
+    Seeded before every pass, so a pass does not depend on what ran before it in the same process.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # one process: predictions are collected in this process and written by the caller
+    trainer: L.Trainer = instantiate(cfg.trainer, devices=1, strategy="auto", num_nodes=1, logger=False,
+                                     callbacks=[], enable_checkpointing=False)
+    run = trainer.validate if cfg.split == "val" else trainer.test
+    with module.adapters_disabled() if as_base else nullcontext():
+        results = run(module, datamodule=datamodule, verbose=verbose)
+    return {k: to_builtin(v) for k, v in results[0].items()}
+
+
+def write_evaluation(directory: Path, metrics: dict[str, float], module, evaluated: dict[str, Any]) -> None:
+    """``metrics.json`` (scores and what was evaluated) and the module's predictions."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "metrics.json", {
+        "metrics": metrics,
+        "evaluated": {**evaluated, "samples": len(module.predictions), "model": module.report()},
+    })
+    module.write_predictions(directory)

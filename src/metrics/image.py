@@ -255,8 +255,8 @@ class ImageGenerationMetrics(nn.Module):
     ``compute()`` returns ``fid``, ``kid`` (mean over subsets), ``kid_std``, ``clip_mean``,
     ``clip_min``, ``clip_max`` (scalar tensors, already reduced over processes) and leaves the
     per-image CLIP scores in ``self.clip_scores`` and the generated images' features in
-    ``self.generated_features`` (for bootstrap intervals; ``reset()`` clears both). Fewer than 2 real or 2 generated images give NaN
-    FID/KID (with a warning) instead of an error.
+    ``self.generated_features`` (for bootstrap intervals; ``reset()`` clears both). Fewer than 2 real or 2
+    generated images give NaN FID/KID (with a warning) instead of an error.
 
     Under DDP each process passes its own shard of real and generated images; the torchmetrics
     states are gathered in ``compute()``, which every process must call.

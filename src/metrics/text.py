@@ -73,7 +73,8 @@ def corpus_bleu_statistic(preds: list[str], targets: list[str]):
     """A bootstrap statistic: corpus BLEU (0–100) of the sentences at the given indices, recomputed by
     sacreBLEU from per-sentence n-gram counts (the same 13a tokenization and no smoothing as ``CorpusBLEU``).
 
-    >>> preds, refs = ["a red running shoe", "a blue leather boot"], ["a red running shoe with laces", "a blue leather boot"]
+    >>> preds = ["a red running shoe", "a blue leather boot"]
+    >>> refs = ["a red running shoe with laces", "a blue leather boot"]
     >>> bleu = corpus_bleu_statistic(preds, refs)
     >>> corpus = CorpusBLEU()
     >>> corpus.update(preds, refs)

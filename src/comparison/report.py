@@ -1,0 +1,263 @@
+"""The comparison report: one row per evaluated checkpoint with every metric and its bootstrap interval,
+the change versus the recommended checkpoint, paired intervals for every difference, the recommendation
+and notes (overfitting, selection split, FID sample size); as a dict (report.json) and markdown.
+
+Pure functions over ``Evaluated`` rows, so the verdicts are tested on synthetic per-sample scores.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from src.errors import UserError
+from src.metrics.bootstrap import Statistic, bootstrap_interval, paired_difference_interval
+from src.modules.base import DIRECTIONS
+
+STABLE_FID_IMAGES = 2048  # InceptionV3's feature dimension: fewer images give a singular covariance there
+
+
+@dataclass
+class Evaluated:
+    """One evaluated checkpoint (or the base model) and what its intervals resample."""
+
+    name: str
+    step: int | None
+    metrics: dict[str, float]  # without the split prefix: {"rougeL": 0.31, "bleu": 12.0, "loss": 1.2}
+    statistics: dict[str, Statistic] = field(default_factory=dict)  # metric → statistic over sample indices
+    sample_ids: list | None = None  # which samples, in statistic index order (pairing needs the same list)
+    path: str | None = None
+    baseline: bool = False
+    outputs: str | None = None  # subdirectory holding its metrics.json and predictions
+    fid_samples: tuple[int, int] | None = None  # (generated images, feature dimension)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    n_resamples: int = 1000
+    fid_n_resamples: int = 200  # FID needs a matrix square root per resample
+    confidence: float = 0.95
+    seed: int = 0
+
+    def for_metric(self, metric: str) -> dict[str, Any]:
+        n = self.fid_n_resamples if metric == "fid" else self.n_resamples
+        return {"n_resamples": int(n), "confidence": float(self.confidence), "seed": int(self.seed)}
+
+
+def direction(metric: str) -> str | None:
+    """"max" or "min" for known metrics (clip_min/clip_max are CLIP scores: higher is better)."""
+    return DIRECTIONS.get(metric) or ("max" if metric.startswith("clip") else None)
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if finite(value) else "–"
+
+
+def fmt_signed(value: Any) -> str:
+    return f"{value:+.3g}" if finite(value) else "–"
+
+
+def percent_change(value: Any, reference: Any) -> float | None:
+    if not (finite(value) and finite(reference)) or reference == 0:
+        return None
+    return 100.0 * (value - reference) / abs(reference)
+
+
+def recommend(rows: list[Evaluated], metric: str, mode: str) -> Evaluated:
+    """The fine-tuned checkpoint with the best ``metric`` by ``mode``; a tie goes to the earlier step."""
+    candidates = [r for r in rows if not r.baseline and finite(r.metrics.get(metric))]
+    if not candidates:
+        raise UserError(f"no checkpoint has a finite {metric} score to choose by — check the evaluation log")
+    candidates.sort(key=lambda r: (r.step if r.step is not None else math.inf))
+    sign = 1 if mode == "max" else -1
+    return max(candidates, key=lambda r: sign * r.metrics[metric])  # max() keeps the first of equals
+
+
+def is_worse(value: float, reference: float, mode: str) -> bool:
+    return value < reference if mode == "max" else value > reference
+
+
+def label(row: dict) -> str:
+    return row["name"] if row["step"] is None else f"{row['name']} (step {row['step']})"
+
+
+def interval_text(diff: dict, verdict: bool = True) -> str:
+    text = f"{fmt_signed(diff['estimate'])} [{fmt_signed(diff['low'])}, {fmt_signed(diff['high'])}]"
+    return f"{text} {'significant' if diff['significant'] else 'not significant'}" if verdict else text
+
+
+def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
+                 settings: BootstrapSettings = BootstrapSettings(), source: str = "",
+                 notes: list[str] | None = None, across_runs: bool = False) -> dict[str, Any]:
+    """Everything report.json holds; ``to_markdown`` renders it. ``across_runs``: the rows are different runs
+    (a sweep's best checkpoints), so their steps are no training curve and no overfitting note applies."""
+    key = monitor.partition("/")[2]
+    selected_by = f"{split}/{key}"
+    best = recommend(rows, key, mode)
+    names = [key] + [m for r in rows for m in r.metrics if m != key]
+    metric_names = list(dict.fromkeys(names))
+
+    table = []
+    for row in rows:
+        n = len(row.sample_ids or [])
+        entry = {"name": row.name, "step": row.step, "path": row.path, "baseline": row.baseline,
+                 "outputs": row.outputs, "recommended": row is best, "samples": n, "metrics": row.metrics,
+                 "intervals": {}, "change_pct": {}, "difference": {}}
+        paired = row is not best and n > 0 and row.sample_ids == best.sample_ids
+        for metric in metric_names:
+            entry["change_pct"][metric] = None if row is best else percent_change(row.metrics.get(metric),
+                                                                                 best.metrics.get(metric))
+            if metric in row.statistics and n:
+                entry["intervals"][metric] = bootstrap_interval(row.statistics[metric], n,
+                                                                **settings.for_metric(metric)).to_dict()
+            if paired and metric in row.statistics and metric in best.statistics:
+                entry["difference"][metric] = paired_difference_interval(
+                    row.statistics[metric], best.statistics[metric], n, **settings.for_metric(metric)).to_dict()
+        table.append(entry)
+
+    best_entry = next(e for e in table if e["recommended"])
+    checkpoints = [e for e in table if not e["baseline"] and finite(e["metrics"].get(key))]
+    report = {
+        "source": source, "split": split, "monitor": monitor, "mode": mode, "selected_by": selected_by,
+        "samples": best_entry["samples"], "metrics": metric_names,
+        "bootstrap": {"n_resamples": settings.n_resamples, "fid_n_resamples": settings.fid_n_resamples,
+                      "confidence": settings.confidence, "seed": settings.seed, "paired": True},
+        "recommended": {"name": best.name, "step": best.step, "path": best.path,
+                        "reason": recommendation_reason(best_entry, checkpoints, key, monitor, mode, split)},
+        "rows": table,
+        "notes": [*(notes or []),
+                  *([] if across_runs else overfitting_notes(best_entry, checkpoints, key, selected_by, mode)),
+                  *baseline_notes(best_entry, table, key, selected_by, mode),
+                  *fid_notes(rows), *selection_notes(split)],
+    }
+    return report
+
+
+def recommendation_reason(best: dict, checkpoints: list[dict], key: str, monitor: str, mode: str, split: str) -> str:
+    better = "higher" if mode == "max" else "lower"
+    reason = (f"best {split}/{key} ({fmt(best['metrics'][key])}) of {len(checkpoints)} checkpoint(s) — "
+              f"the model's monitor is {monitor} ({better} is better)")
+    sign = 1 if mode == "max" else -1
+    others = sorted((e for e in checkpoints if not e["recommended"]), key=lambda e: -sign * e["metrics"][key])
+    if others and key in others[0]["difference"]:
+        runner_up, diff = others[0], others[0]["difference"][key]
+        if diff["significant"]:
+            reason += (f"; significantly better than the runner-up {label(runner_up)} "
+                       f"({key} difference {interval_text(diff)})")
+        else:
+            reason += (f"; the runner-up {label(runner_up)} is within the noise "
+                       f"({key} difference {interval_text(diff)}), so either would do")
+    return reason
+
+
+def overfitting_notes(best: dict, checkpoints: list[dict], key: str, selected_by: str, mode: str) -> list[str]:
+    later = sorted((e for e in checkpoints if e["step"] is not None and best["step"] is not None
+                    and e["step"] > best["step"]), key=lambda e: e["step"])
+    if not later or not is_worse(later[-1]["metrics"][key], best["metrics"][key], mode):
+        return []
+    last = later[-1]
+    change = abs(percent_change(last["metrics"][key], best["metrics"][key]) or 0.0)
+    note = f"{selected_by} got {change:.0f}% worse from step {best['step']} to step {last['step']}"
+    diff = last["difference"].get(key)
+    if diff is None:
+        return [note + ": the later checkpoints overfit (no per-sample scores to test it)"]
+    if diff["significant"]:
+        return [note + f": the later checkpoints overfit (difference {interval_text(diff)})"]
+    return [note + f", but the difference is not significant on these {best['samples']} samples "
+                   f"({interval_text(diff, verdict=False)}): no clear sign of overfitting yet"]
+
+
+def baseline_notes(best: dict, table: list[dict], key: str, selected_by: str, mode: str) -> list[str]:
+    notes = []
+    for base in (e for e in table if e["baseline"]):
+        diff = base["difference"].get(key)
+        if finite(base["metrics"].get(key)) and is_worse(best["metrics"][key], base["metrics"][key], mode):
+            notes.append(f"the base model scores better than every checkpoint on {selected_by}: the fine-tuning "
+                         "did not help on these samples")
+        elif diff is not None:
+            gain = "a significant" if diff["significant"] else "a not significant"
+            notes.append(f"fine-tuning gives {gain} change of {selected_by} over the base model "
+                         f"({fmt_signed(-diff['estimate'])}, 95% interval [{fmt_signed(-diff['high'])}, "
+                         f"{fmt_signed(-diff['low'])}])")
+    return notes
+
+
+def fid_notes(rows: list[Evaluated]) -> list[str]:
+    sizes = {r.fid_samples for r in rows if r.fid_samples}
+    if not sizes:
+        return []
+    n, dim = min(sizes)
+    notes = ["FID intervals resample the generated images with the real images' statistics fixed; repeated "
+             "images make each resampled FID a little larger, so read the interval as a spread. KID (unbiased at "
+             "any image count) is reported beside it."]
+    if n < dim:
+        notes.append(f"warning: FID from {n} generated images with {dim}-dimensional features is unstable: the "
+                     f"generated features' covariance has rank at most {n - 1} < {dim}, so it is singular and FID is "
+                     "biased upward by an amount that depends on the image count — compare FID only at equal counts, "
+                     f"rely on KID and the CLIP intervals, and generate at least {dim} images "
+                     f"({STABLE_FID_IMAGES}+ for InceptionV3 features)")
+    elif n < STABLE_FID_IMAGES:
+        notes.append(f"warning: FID from {n} generated images (< {STABLE_FID_IMAGES}) is biased upward and its bias "
+                     "shrinks only as images are added — compare FID only at equal image counts and rely on KID")
+    return notes
+
+
+def selection_notes(split: str) -> list[str]:
+    if split != "test":
+        return []
+    return ["the checkpoint is chosen on the test split here, which makes its test score optimistic: choose with "
+            "split=val and report the test score of the chosen checkpoint alone"]
+
+
+def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
+    rec = report["recommended"]
+    conf = int(round(100 * report["bootstrap"]["confidence"]))
+    metrics = report["metrics"]
+    with_intervals = [m for m in metrics if any(m in r["difference"] for r in report["rows"])]
+    lines = [
+        "# Checkpoint comparison", "",
+        f"Source: `{report['source']}` · split: {report['split']} ({report['samples']} samples, the same for every "
+        f"row) · chosen by {report['selected_by']} (the model's monitor {report['monitor']}, "
+        f"mode {report['mode']})", "",
+        f"Intervals: {conf}% percentile bootstrap over the samples, {report['bootstrap']['n_resamples']} resamples "
+        f"({report['bootstrap']['fid_n_resamples']} for FID), seed {report['bootstrap']['seed']}; differences are "
+        "paired (both rows scored on the same resampled samples).", "",
+        f"## Recommended: {label(rec)}", "",
+        f"`{rec['path']}` — {rec['reason']}.", "",
+        "## Scores", "",
+        "| checkpoint | step | " + " | ".join(f"{m} | Δ" for m in metrics) + " |",
+        "|---|---|" + "---|---|" * len(metrics),
+    ]
+    for row in report["rows"]:
+        name = f"**{row['name']}** (recommended)" if row["recommended"] else row["name"]
+        cells = []
+        for m in metrics:
+            value, ci = fmt(row["metrics"].get(m)), row["intervals"].get(m)
+            cells.append(f"{value} [{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci else value)
+            change = row["change_pct"].get(m)
+            cells.append("best" if row["recommended"] and m == metrics[0] else
+                         "–" if change is None else f"{change:+.1f}%")
+        step = "–" if row["step"] is None else str(row["step"])
+        lines.append(f"| {name} | {step} | " + " | ".join(cells) + " |")
+    lines += ["", "Δ: change versus the recommended checkpoint, in percent. Brackets: each score's own "
+              f"{conf}% interval.", ""]
+    if with_intervals:
+        lines += [f"## Differences versus {label(rec)} (paired bootstrap, {conf}%)", "",
+                  "| checkpoint | step | " + " | ".join(with_intervals) + " |",
+                  "|---|---|" + "---|" * len(with_intervals)]
+        for row in report["rows"]:
+            if row["recommended"] or not row["difference"]:
+                continue
+            cells = [interval_text(row["difference"][m]) if m in row["difference"] else "–" for m in with_intervals]
+            step = "–" if row["step"] is None else str(row["step"])
+            lines.append(f"| {row['name']} | {step} | " + " | ".join(cells) + " |")
+        lines += ["", "Difference = that row minus the recommended checkpoint; \"not significant\" when the interval "
+                  "contains zero.", ""]
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]
+    if plot:
+        lines += [f"![metrics by step]({plot})", ""]
+    return "\n".join(lines)

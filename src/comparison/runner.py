@@ -1,0 +1,121 @@
+"""``evaluate.py ckpt=<run dir> compare=all``: every saved checkpoint of a run (and the base model, for
+text) on the same samples; over a multirun sweep directory, a leaderboard of the runs.
+
+The module and datamodule are built once: the data are tokenized once, the base model stays in memory
+and each checkpoint only swaps the LoRA weights in; a diffusion module keeps the real images' features
+from its first pass. Each pass is seeded the same way, so the order of the passes does not matter.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from src.callbacks.run_report import write_json
+from src.comparison.checkpoints import list_checkpoints
+from src.comparison.plots import plot_metrics_by_step
+from src.comparison.report import BootstrapSettings, Evaluated, build_report, fmt, to_markdown
+from src.comparison.samples import per_sample
+from src.errors import UserError
+from src.evaluation import run_evaluation, write_evaluation
+from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
+from src.runtime import build_model_and_data, check_hardware
+from src.targets import run_dir_of, with_run_config
+
+log = logging.getLogger(__name__)
+
+PLOT = "metrics_by_step.png"
+
+
+def compare(cfg: DictConfig) -> dict[str, Any]:
+    if str(cfg.compare) != "all":
+        raise UserError(f"compare={cfg.compare} is not an option — use compare=all (every checkpoint of a run, "
+                        "or the best checkpoint of every run of a sweep)")
+    path = Path(str(cfg.ckpt)).expanduser()
+    if str(cfg.ckpt) == "base" or path.is_file():
+        raise UserError(f"compare=all compares the checkpoints of a run, but ckpt={cfg.ckpt} is a single model — "
+                        "pass ckpt=<run directory> (or a multirun sweep directory), or drop compare=all")
+    if not path.is_dir():
+        raise UserError(f"ckpt={cfg.ckpt} does not exist — pass a run directory (logs/train/runs/<time>) or a "
+                        "multirun sweep directory (logs/train/multiruns/<time>)")
+    from src.comparison.leaderboard import is_sweep_dir, leaderboard
+
+    if is_sweep_dir(path):
+        return leaderboard(cfg, path)
+    if run_dir_of(path) is None:
+        raise UserError(f"{path} is neither a run directory (no .hydra/config.yaml) nor a multirun sweep directory "
+                        "— pass the directory train.py wrote")
+    return compare_checkpoints(cfg, path)
+
+
+def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
+    settings = BootstrapSettings(**OmegaConf.to_container(cfg.get("bootstrap") or {}))
+    if settings.n_resamples < 1 or settings.fid_n_resamples < 1 or not 0 < settings.confidence < 1:
+        raise UserError("bootstrap.n_resamples and bootstrap.fid_n_resamples must be ≥ 1 and bootstrap.confidence "
+                        f"in (0, 1), got {settings}")
+    return settings
+
+
+def evaluate_row(cfg: DictConfig, module, datamodule, out: Path, name: str, *, step: int | None = None,
+                 path: str | None = None, baseline: bool = False) -> Evaluated:
+    """One pass with the module's current weights; its metrics and predictions go to ``out/name``."""
+    metrics = run_evaluation(cfg, module, datamodule, as_base=baseline)
+    write_evaluation(out / name, metrics, module, {"kind": "base" if baseline else "checkpoint", "path": path,
+                                                   "step": step, "split": cfg.split})
+    samples = per_sample(module)
+    prefix = f"{cfg.split}/"
+    scores = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+    log.info("%s%s: %s", name, "" if step is None else f" (step {step})",
+             " | ".join(f"{k} {fmt(v)}" for k, v in scores.items()))
+    return Evaluated(name, step, scores, samples.statistics, samples.sample_ids, path, baseline, name,
+                     samples.fid_samples)
+
+
+def kept_checkpoints_note(run_dir: Path, monitor: str) -> list[str]:
+    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    top_k = OmegaConf.select(run_cfg, "callbacks.model_checkpoint.save_top_k", default=None,
+                             throw_on_resolution_failure=False)
+    if top_k in (None, -1):
+        return []
+    return [f"only the checkpoints the run kept are compared (the top {top_k} by {monitor}, plus last.ckpt when it "
+            "is later): train with callbacks.model_checkpoint.save_top_k=-1 to compare every validation"]
+
+
+def write_report(out: Path, report: dict[str, Any], plot: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if plot:
+        plot_metrics_by_step(report, out / PLOT)
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(to_markdown(report, PLOT if plot else None), encoding="utf-8")
+
+
+def compare_checkpoints(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    checkpoints = list_checkpoints(run_dir)
+    settings = bootstrap_settings(cfg)
+    cfg = with_run_config(cfg, run_dir)
+    check_hardware(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    module, datamodule = build_model_and_data(cfg)
+    out = Path(cfg.paths.output_dir)
+    notes = kept_checkpoints_note(run_dir, module.monitor)
+
+    rows = []
+    if cfg.get("baseline", True):
+        if module.encoding == "diffusion":
+            notes.append("no base-model row: baseline=true adds one for text runs only")
+        else:
+            rows.append(evaluate_row(cfg, module, datamodule, out, "base", baseline=True))
+    for checkpoint in checkpoints:
+        module.load_state_dict(trainable_state_from_checkpoint(str(checkpoint.path)))
+        rows.append(evaluate_row(cfg, module, datamodule, out, checkpoint.name, step=checkpoint.step,
+                                 path=str(checkpoint.path)))
+
+    report = build_report(rows, monitor=module.monitor, mode=module.mode, split=cfg.split, settings=settings,
+                          source=str(run_dir), notes=notes)
+    write_report(out, report)
+    rec = report["recommended"]
+    log.info("recommended: %s (step %s) — %s\nwritten to %s: report.md, report.json, %s and one directory per row",
+             rec["path"], rec["step"], rec["reason"], out, PLOT)
+    return {"recommended": rec["path"], "step": rec["step"], "report": str(out / "report.md")}
