@@ -4,11 +4,17 @@ from functools import cached_property
 
 import datasets
 
+from src.datamodules.cleaning import clean_text
 from src.datamodules.records import load_jsonl_records, skip_counts, with_skip_reason
 from src.datamodules.text_pairs import TextPairDataModule
 from src.errors import UserError
 
 DEFAULT_PROMPT = "Given a product title, generate its product description.\nTitle: {title}\nDescription:"
+
+
+def title_prompt(template: str, title: str) -> str:
+    """The model input for a product title (training, evaluation and serving all format it here)."""
+    return template.format(title=title)
 
 
 class AmazonTitlesDataModule(TextPairDataModule):
@@ -49,11 +55,15 @@ class AmazonTitlesDataModule(TextPairDataModule):
     def skipped(self) -> dict[str, int]:
         return skip_counts(self.records)
 
+    def format_source(self, text: str) -> str:
+        """A product title as the model sees it: cleaned like the training titles, in ``data.prompt_template``."""
+        return title_prompt(self.prompt_template, clean_text(text))
+
     def load_pairs(self) -> datasets.Dataset:
         template = self.prompt_template
 
         def to_pair(batch):
-            return {"source": [template.format(title=t) for t in batch["title"]], "target": batch["content"]}
+            return {"source": [title_prompt(template, t) for t in batch["title"]], "target": batch["content"]}
 
         return with_skip_reason(self.records).map(to_pair, batched=True, remove_columns=["title", "content", "skip_reason"],
                         desc="apply prompt template")

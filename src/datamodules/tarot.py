@@ -37,6 +37,11 @@ def card_key(name: str) -> str:
 CANONICAL = {card_key(name): name for name in MAJOR_ARCANA}
 
 
+def reading_prompt(template: str, card: str, question: str, default_question: str) -> str:
+    """The model input for a card and question (training, evaluation and serving all format it here)."""
+    return template.format(card=card, question=question or default_question)
+
+
 class TarotDataModule(TextPairDataModule):
     """Readings from JSON, JSON lines or CSV; ``columns`` maps this module's fields to the file's.
 
@@ -107,11 +112,20 @@ class TarotDataModule(TextPairDataModule):
     def unknown_cards(self) -> dict[str, int]:
         return value_counts(with_skip_reason(self.checked, "unknown_card"), "card")
 
+    def format_source(self, text: str) -> str:
+        """``"<card>"`` or ``"<card>: <question>"`` (any case, accents optional) as the model sees it."""
+        card, _, question = text.partition(":")
+        canonical = CANONICAL.get(card_key(card))
+        if canonical is None:
+            raise UserError(f"unknown card {card.strip()!r}: type one of the 22 Major Arcana (e.g. 'A Torre'), "
+                            "optionally followed by ': <question>'")
+        return reading_prompt(self.prompt_template, canonical, " ".join(question.split()), self.default_question)
+
     def load_pairs(self) -> datasets.Dataset:
         template, default_question = self.prompt_template, self.default_question
 
         def to_pair(batch: dict[str, list]) -> dict[str, list]:
-            return {"source": [template.format(card=c, question=q or default_question)
+            return {"source": [reading_prompt(template, c, q, default_question)
                                for c, q in zip(batch["canonical_card"], batch["question"])],
                     "target": batch["reading"], "card": batch["canonical_card"]}
 

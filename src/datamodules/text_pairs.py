@@ -133,6 +133,20 @@ class TextPairDataModule(L.LightningDataModule):
         """Records dropped while loading, by reason."""
         return {}
 
+    def format_source(self, text: str) -> str:
+        """The model input for what a user types (a product title, a card), formatted as in training."""
+        raise NotImplementedError
+
+    # -- generation from raw inputs (serving, batch generation, playground) ----------------------
+    def prompt_batch(self, sources: list[str]) -> dict[str, Any]:
+        """A generation batch of model inputs, encoded and collated exactly like evaluation batches."""
+        if self.encoder is None:
+            raise RuntimeError("the datamodule needs the model's tokenizer: instantiate it with tokenizer=")
+        features = self.encoder({"source": list(sources), "target": [""] * len(sources)})
+        rows = [{**dict(zip(features, values)), "uid": str(i), "source": source, "target": ""}
+                for i, (source, *values) in enumerate(zip(sources, *features.values()))]
+        return self.encoder.collate(rows)
+
     # -- shared ------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         self.load_pairs()  # builds the Arrow cache once, on one process

@@ -137,11 +137,12 @@ class DiffusionLoRAModule(LoRAModuleBase):
         return self._pipeline
 
     @torch.no_grad()
-    def generate_images(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """uint8 [N, 3, R, R]; each prompt's noise comes from its own seed, so runs are comparable."""
+    def generate_images(self, prompts: list[str], seeds: list[int], generation: dict | None = None) -> torch.Tensor:
+        """uint8 [N, 3, R, R]; each prompt's noise comes from its own seed, so runs are comparable.
+        ``generation`` overrides ``model.generation`` for this call (serving)."""
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         out = self.pipeline(list(prompts), height=self.resolution, width=self.resolution, generator=generators,
-                            output_type="pt", **self.generation).images
+                            output_type="pt", **{**self.generation, **(generation or {})}).images
         return (out.clamp(0, 1) * 255).round().to(torch.uint8)
 
     def _on_eval_epoch_start(self) -> None:

@@ -13,7 +13,7 @@ class Seq2SeqLoRAModule(TextLoRAModule):
     task_type = TaskType.SEQ_2_SEQ_LM
     encoding = "seq2seq"
 
-    def generate_texts(self, batch: dict[str, Any]) -> list[str]:
+    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
         out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  **self.generation)
+                                  **{**self.generation, **(generation or {})})
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

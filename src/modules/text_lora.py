@@ -58,7 +58,8 @@ class TextLoRAModule(LoRAModuleBase):
         self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     # -- family hooks ------------------------------------------------------------------------------
-    def generate_texts(self, batch: dict[str, Any]) -> list[str]:
+    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
+        """Generated strings for the batch; ``generation`` overrides ``model.generation`` for this call (serving)."""
         raise NotImplementedError
 
     # -- training ----------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Generation from a loaded model, shared by the API, batch generation and the playground.
+
+Each call holds the model's lock (a pipeline's scheduler and the adapter switch are per-model
+state). Images draw their noise from per-image ``torch.Generator`` seeds; sampled text draws from
+torch's global RNG, so it is seeded per request under one process-wide lock and the RNG state is
+restored afterwards. Same seed, same output, however many requests run at once.
+"""
+
+import base64
+import io
+import secrets
+import threading
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from src.serving.loading import LoadedModel
+
+TEXT_SETTINGS = ("num_beams", "temperature", "top_p", "do_sample", "repetition_penalty", "no_repeat_ngram_size",
+                 "max_new_tokens")
+IMAGE_SETTINGS = ("num_inference_steps", "guidance_scale")
+_GLOBAL_RNG = threading.Lock()
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+@contextmanager
+def seeded_global_rng(seed: int):
+    with _GLOBAL_RNG, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def text_settings(loaded: LoadedModel, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's configured generation settings with ``overrides`` (those not None) on top."""
+    return {**loaded.module.generation, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+
+
+def generate_texts(loaded: LoadedModel, sources: list[str], settings: dict[str, Any] | None = None,
+                   seed: int | None = None) -> tuple[list[str], int | None]:
+    """Texts for model inputs already formatted (``datamodule.format_source``); the seed used when sampling."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    sampling = bool(text_settings(loaded, settings).get("do_sample"))
+    if sampling and seed is None:
+        seed = new_seed()
+    batch = _to_device(loaded.datamodule.prompt_batch(sources), loaded.device)
+    with loaded.lock, loaded.adapters(), seeded_global_rng(seed) if sampling else nullcontext():
+        texts = loaded.module.generate_texts(batch, settings)
+    return texts, seed if sampling else None
+
+
+def generate_images(loaded: LoadedModel, prompts: list[str], seeds: list[int],
+                    settings: dict[str, Any] | None = None) -> list[Image.Image]:
+    """One image per prompt, each from its own seed."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    with loaded.lock, loaded.adapters():
+        images = loaded.module.generate_images(prompts, seeds, settings)
+    return [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in images]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def save_png(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

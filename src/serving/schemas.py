@@ -1,0 +1,86 @@
+"""Request and response bodies. Bounds come from the server's ``limits`` config, so the models are built
+by a factory; unknown fields are rejected (a misspelt ``num_image`` is a 422, not silently ignored)."""
+
+from types import SimpleNamespace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SEED = Field(None, ge=0, lt=2**32, description="the same seed gives the same output")
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="pass this as model_name")
+    kind: str = Field(description="text or image: which endpoint generates with it")
+    family: str
+    source: str = Field(description="base, checkpoint, last or adapter")
+    base: str
+    run: str | None = None
+    step: int | None = None
+    recommended: bool = Field(False, description="the run's best checkpoint by its monitored metric")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ImageResponse(BaseModel):
+    model_name: str
+    prompt: str
+    images: list[str] = Field(description="base64-encoded PNGs")
+    seeds: list[int]
+    files: list[str] = Field(description="where the server saved each image")
+
+
+class TextResponse(BaseModel):
+    model_name: str
+    input: str = Field(description="what the model saw: the title in the run's prompt format, or the prompt")
+    text: str
+    settings: dict[str, Any] = Field(description="the generation settings used")
+    seed: int | None = Field(None, description="the seed used when sampling")
+
+
+def request_models(limits: Any) -> SimpleNamespace:
+    """``TextSettings``, ``TextRequest`` and ``ImageRequest`` bounded by ``limits`` (the ``limits`` config)."""
+    text_bounds = dict(min_length=1, max_length=int(limits.max_prompt_chars))
+
+    class TextSettings(BaseModel):
+        """Generation settings; a field left out keeps the model's configured value (``model.generation``)."""
+
+        model_config = ConfigDict(extra="forbid")
+        num_beams: int | None = Field(None, ge=1, le=int(limits.max_num_beams))
+        temperature: float | None = Field(None, gt=0, le=10)
+        top_p: float | None = Field(None, gt=0, le=1)
+        do_sample: bool | None = None
+        repetition_penalty: float | None = Field(None, gt=0, le=10)
+        no_repeat_ngram_size: int | None = Field(None, ge=0, le=20)
+        max_new_tokens: int | None = Field(None, ge=1, le=int(limits.max_new_tokens))
+
+    class TextRequest(TextSettings):
+        """Exactly one of ``title`` (formatted with the run's prompt template, as in training) or ``prompt``
+        (given to the model as is)."""
+
+        model_name: str = Field(min_length=1, max_length=500)
+        title: str | None = Field(None, **text_bounds)
+        prompt: str | None = Field(None, **text_bounds)
+        seed: int | None = SEED
+
+        @model_validator(mode="after")
+        def one_input(self):
+            if (self.title is None) == (self.prompt is None):
+                raise ValueError("give exactly one of 'title' (formatted as in training) or 'prompt' (used as is)")
+            return self
+
+    class ImageRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        model_name: str = Field(min_length=1, max_length=500)
+        prompt: str = Field(**text_bounds)
+        num_images: int = Field(1, ge=1, le=int(limits.max_num_images))
+        num_inference_steps: int | None = Field(None, ge=1, le=int(limits.max_inference_steps),
+                                                description="default: the model's configured value")
+        guidance_scale: float | None = Field(None, ge=0, le=float(limits.max_guidance_scale),
+                                             description="default: the model's configured value")
+        seed: int | None = Field(None, ge=0, lt=2**32 - int(limits.max_num_images),
+                                 description="image i uses seed + i; the same seed gives the same images")
+
+    return SimpleNamespace(TextSettings=TextSettings, TextRequest=TextRequest, ImageRequest=ImageRequest)

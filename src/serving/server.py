@@ -1,0 +1,53 @@
+"""``serve.py``: scan the logs directory, then run the API with uvicorn until stopped."""
+
+import logging
+import socket
+from functools import partial
+from pathlib import Path
+
+import uvicorn
+from omegaconf import DictConfig
+
+from src.errors import UserError
+from src.serving.app import create_app
+from src.serving.bases import base_model_entries
+from src.serving.loading import ModelCache, check_device, load_model
+from src.serving.registry import ModelEntry, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise UserError(f"cannot listen on {host}:{port} ({err.strerror}) — stop what uses it or pass port=<another>")
+
+
+def load_entry(cfg: DictConfig, device: str, entry: ModelEntry):
+    return load_model(entry.config if entry.config is not None else cfg, entry.target, device)
+
+
+def build_app(cfg: DictConfig):
+    logs_dir = Path(cfg.logs_dir).expanduser()
+    if not logs_dir.is_dir():
+        raise UserError(f"logs_dir={cfg.logs_dir} is not a directory — train first (python train.py "
+                        "experiment=quickstart) or point logs_dir at the logs to serve")
+    check_device(cfg.device)
+    config_dir = Path(cfg.paths.root_dir) / "conf"
+    bases = base_model_entries("serve", config_dir, cfg.base_data) if cfg.list_base_models else []
+    registry = ModelRegistry(logs_dir, bases)
+    cache = ModelCache(partial(load_entry, cfg, cfg.device), cfg.max_loaded_models)
+    return create_app(registry, cache, cfg.output_dir, cfg.limits), registry
+
+
+def serve(cfg: DictConfig) -> None:
+    check_port_free(cfg.host, cfg.port)
+    app, registry = build_app(cfg)
+    entries = registry.list()
+    log.info("serving %d models (%d runs) from %s at http://%s:%d — API docs at http://%s:%d/docs; images saved to %s",
+             len(entries), len({e.run for e in entries if e.run}), registry.logs_dir, cfg.host, cfg.port,
+             cfg.host, cfg.port, cfg.output_dir)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, log_level=cfg.log_level)
