@@ -17,7 +17,7 @@ from src.errors import UserError
 from src.pretrained.quantization import check_quantization
 from src.runtime import build_model_and_data, instantiate_config
 from src.serving.registry import family_of, kind_of
-from src.targets import EvalTarget, load_target_weights, with_run_config
+from src.targets import EvalTarget, load_target_weights, resolve_target, with_run_config
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,13 @@ def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> Load
         module.to(torch_device)
     log.info("loaded %s (%s, %s) on %s", target.path or f"the base model {module.pretrained}", target.kind, kind, device)
     return LoadedModel(module, datamodule, kind, target.kind == "base", torch_device)
+
+
+def load_from_command_line(cfg: DictConfig) -> tuple[EvalTarget, LoadedModel]:
+    """``ckpt=`` (and ``config_from=``) of generate.py, playground.py and export.py, loaded on ``device=``."""
+    target = resolve_target(str(cfg.ckpt), cfg.get("config_from"))
+    check_device(cfg.device)  # before any weights are read
+    return target, load_model(cfg, target, cfg.device)
 
 
 class ModelCache:
