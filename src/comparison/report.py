@@ -191,7 +191,7 @@ def fid_notes(rows: list[Evaluated]) -> list[str]:
         return []
     n, dim = min(sizes)
     notes = ["FID intervals resample the generated images with the real images' statistics fixed; repeated "
-             "images make each resampled FID a little larger, so read the interval as a spread. KID (unbiased at "
+             "images can make a resampled FID larger, so read the interval as a spread. KID (unbiased at "
              "any image count) is reported beside it."]
     if n < dim:
         notes.append(f"warning: FID from {n} generated images with {dim}-dimensional features is unstable: the "

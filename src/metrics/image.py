@@ -34,12 +34,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.utilities import dim_zero_cat
 
+from src.distributed import concatenate_list_states
 from src.errors import UserError
 
 INCEPTION_FEATURES = (64, 192, 768, 2048)
@@ -282,6 +284,7 @@ class ImageGenerationMetrics(nn.Module):
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             self.kid = KID(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
                            reset_real_features=False, normalize=False)
+        concatenate_list_states(self.kid)  # uneven evaluation shards must not deadlock the sync
         self.clip = CatMetric(nan_strategy="error")
         self.clip_model = clip_model
         self.kid_subset_size = kid_subset_size
@@ -428,6 +431,36 @@ def fid_from_features(real_mean: Tensor, real_cov: Tensor, features: Tensor) -> 
 
 
 def fid_statistic(real_mean: Tensor, real_cov: Tensor, features: Tensor):
-    """A bootstrap statistic: FID of the generated images at the given indices; the real statistics stay fixed."""
+    """A bootstrap statistic: FID of the generated images at the given indices, the real statistics fixed.
+
+    ``tr sqrt(Σr Σg)`` is computed as the sum of square roots of the eigenvalues of the symmetric
+    ``A Aᵀ``, ``A = (X - x̄) Σr^½ / sqrt(n - 1)`` (the same eigenvalues as ``Σr Σg``): with ``Σr^½`` computed
+    once, each resample costs a symmetric eigen-decomposition of size ``min(n, D)`` instead of a general
+    one of size ``D``, which makes 200 resamples of a few hundred 2048-dimensional features cheap.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> real, fake = torch.randn(300, 16, generator=g), torch.randn(40, 16, generator=g) + 0.5
+    >>> mean, cov = real.double().mean(0), real.double().T.cov()
+    >>> fid = fid_statistic(mean, cov, fake)
+    >>> abs(fid(np.arange(40)) - fid_from_features(mean, cov, fake)) < 1e-6
+    True
+    """
     features = features.double().cpu()
-    return lambda idx: fid_from_features(real_mean, real_cov, features[torch.as_tensor(idx)])
+    real_mean, real_cov = real_mean.double().cpu(), real_cov.double().cpu()
+    values, vectors = torch.linalg.eigh(real_cov)
+    real_sqrt = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    real_trace = float(real_cov.trace())
+
+    def statistic(idx) -> float:
+        x = features[torch.as_tensor(np.asarray(idx))]
+        n = len(x)
+        if n < 2:
+            return float("nan")
+        mean = x.mean(0)
+        a = (x - mean) @ real_sqrt / (n - 1) ** 0.5
+        gram = a @ a.T if n <= a.shape[1] else a.T @ a
+        trace_sqrt = float(torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().sum())
+        generated_trace = float((x - mean).square().sum()) / (n - 1)
+        return max(float((mean - real_mean).square().sum()) + real_trace + generated_trace - 2 * trace_sqrt, 0.0)
+
+    return statistic
