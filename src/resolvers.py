@@ -5,3 +5,19 @@ from omegaconf import OmegaConf
 # hparams_search: Optuna's direction follows the model's monitor mode (val/rougeL max, val/loss min)
 OmegaConf.register_new_resolver("optuna_direction", lambda mode: {"max": "maximize", "min": "minimize"}[mode],
                                 replace=True)
+
+
+def cuda_mixed_precision() -> str:
+    """trainer.precision for CUDA trainers: bf16-mixed where the GPU has bfloat16, else 16-mixed (with a note).
+    Resolved where the trainer is built, i.e. on the GPU machine, not where a sweep was submitted."""
+    import logging
+
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        logging.getLogger(__name__).info("this GPU has no bfloat16: trainer.precision=16-mixed (with loss scaling)")
+        return "16-mixed"
+    return "bf16-mixed"
+
+
+OmegaConf.register_new_resolver("cuda_mixed_precision", cuda_mixed_precision, replace=True)

@@ -1,6 +1,8 @@
 """Wiring shared by the entry points: instantiation from config, hardware checks, user errors."""
 
+import importlib.util
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -40,16 +42,34 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def check_hardware(cfg: DictConfig) -> None:
     """Everything the hardware must support, checked before any model is loaded."""
+    from src.modules.attention import check_attention
     from src.pretrained.quantization import check_quantization
 
     check_quantization(cfg.model.get("quantization"))
+    check_attention(cfg.model.get("attention"))
     check_trainer_config(cfg.trainer)
+
+
+def strategy_name(trainer_cfg: DictConfig) -> str:
+    """``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed_stage_2`` ... from a string or a ``_target_`` strategy node."""
+    strategy = trainer_cfg.get("strategy", "auto")
+    if isinstance(strategy, DictConfig):
+        target = str(strategy.get("_target_", "")).rsplit(".", 1)[-1]
+        return {"FSDPStrategy": "fsdp", "DeepSpeedStrategy": "deepspeed", "DDPStrategy": "ddp"}.get(target, target)
+    return str(strategy)
 
 
 def check_trainer_config(trainer_cfg: DictConfig) -> None:
     """Stop with one line, before any model is loaded, when the hardware cannot run this trainer."""
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     precision = str(trainer_cfg.get("precision", "32-true"))
+    strategy = strategy_name(trainer_cfg)
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise UserError("trainer=deepspeed needs the deepspeed package and a CUDA GPU — on a CUDA machine run "
+                        'pip install -e ".[deepspeed]" (or use trainer=ddp)')
+    if strategy.startswith(("fsdp", "deepspeed")) and not torch.cuda.is_available():
+        raise UserError(f"trainer.strategy={strategy} needs CUDA GPUs and none is visible — use trainer=ddp_sim to "
+                        "try several processes on a CPU, or run on a CUDA machine")
     if precision in ("16-true", "bf16-true"):
         raise UserError(f"precision {precision} would keep the LoRA weights and optimizer state in half precision "
                         f"— use {precision.replace('-true', '-mixed')}")
@@ -72,6 +92,30 @@ def check_trainer_config(trainer_cfg: DictConfig) -> None:
                             "— use trainer.precision=16-mixed")
     if accelerator == "cpu" and precision.startswith("16"):
         raise UserError(f"precision {precision} is not supported on CPU — use 32-true or bf16-mixed")
+    check_cluster(trainer_cfg)
+
+
+def check_cluster(trainer_cfg: DictConfig) -> None:
+    """``num_nodes > 1`` needs a launcher that started one process per device on every node (SLURM's srun,
+    torchrun, ...); under SLURM, devices and nodes must match the allocation (Lightning checks it only after
+    the model is loaded)."""
+    from src.distributed import detected_cluster
+
+    num_nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    cluster = detected_cluster()
+    if num_nodes > 1 and cluster is None:
+        raise UserError(f"trainer.num_nodes={num_nodes} needs a cluster launcher on every node and none was detected "
+                        "— start with srun (SLURM), torchrun --nnodes, or hydra/launcher=slurm; or set num_nodes=1")
+    if cluster == "SLURM" and not os.environ.get("SLURM_JOB_NAME", "").startswith(("bash", "interactive")):
+        devices = trainer_cfg.get("devices", "auto")
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")
+        if isinstance(devices, int) and per_node.isdigit() and int(per_node) != devices:
+            raise UserError(f"trainer.devices={devices} but SLURM starts {per_node} task(s) per node — set "
+                            f"trainer.devices={per_node} (one task per GPU: --ntasks-per-node = GPUs per node)")
+        nodes = os.environ.get("SLURM_NNODES", "")
+        if nodes.isdigit() and int(nodes) != num_nodes:
+            raise UserError(f"trainer.num_nodes={num_nodes} but the SLURM job has {nodes} node(s) — set "
+                            f"trainer.num_nodes={nodes}")
 
 
 def check_launcher(cfg: DictConfig) -> None:
@@ -80,12 +124,17 @@ def check_launcher(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    strategy = str(cfg.trainer.get("strategy", "auto"))
+    from src.distributed import detected_cluster
+
+    strategy = strategy_name(cfg.trainer)
     devices = cfg.trainer.get("devices", 1)
     multi = devices not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and strategy == "ddp" and multi:
-        raise UserError("trainer.strategy=ddp cannot run inside a Hydra multirun (each process would restart the "
-                        "sweep) — use trainer.strategy=ddp_spawn, or a cluster launcher (hydra/launcher=...)")
+    relaunches = strategy in ("ddp", "fsdp") or strategy.startswith("deepspeed")
+    # under SLURM or torchrun every process was started by the cluster, Lightning starts none
+    if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and multi
+            and detected_cluster() is None):
+        raise UserError(f"trainer.strategy={strategy} cannot run inside a local Hydra multirun (each process would "
+                        "restart the sweep) — use trainer=ddp_sim on a CPU, or hydra/launcher=slurm on a cluster")
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.distributed import eval_sampler
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -277,8 +278,10 @@ class ShoeImagesDataModule(L.LightningDataModule):
                           persistent_workers=hp.num_workers > 0)
 
     def _prompt_loader(self) -> DataLoader:
-        return DataLoader(Prompts(self.prompts), batch_size=self.hparams.eval_batch_size, shuffle=False,
-                          collate_fn=collate_prompts)
+        prompts = Prompts(self.prompts)
+        # several processes: each generates its own share of the prompts, none twice
+        return DataLoader(prompts, batch_size=self.hparams.eval_batch_size, shuffle=False,
+                          sampler=eval_sampler(prompts, self.trainer), collate_fn=collate_prompts)
 
     def val_dataloader(self) -> DataLoader:
         return self._prompt_loader()

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
+from src.distributed import eval_sampler
 from src.errors import UserError
 
 TEXT_COLUMNS = ("uid", "source", "target")
@@ -199,8 +200,11 @@ class TextPairDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if name == "train" else (hp.eval_batch_size or hp.batch_size)
-        return DataLoader(self.splits[name], batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers,
-                          collate_fn=self.encoder.collate, persistent_workers=hp.num_workers > 0)
+        # evaluation on several processes: each sample once (Lightning's default sampler would repeat some)
+        sampler = None if name == "train" else eval_sampler(self.splits[name], self.trainer)
+        return DataLoader(self.splits[name], batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=hp.num_workers, collate_fn=self.encoder.collate,
+                          persistent_workers=hp.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

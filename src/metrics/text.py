@@ -16,6 +16,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
+from src.distributed import concatenate_list_states
+
 _NON_WORD = re.compile(r"[\W_]+")
 
 
@@ -34,6 +36,7 @@ class RougeL(ROUGEScore):
 
     def __init__(self, **kwargs):
         super().__init__(rouge_keys="rougeL", normalizer=unicode_normalizer, **kwargs)
+        concatenate_list_states(self)  # uneven evaluation shards must not deadlock the sync
 
     def update(self, preds: list[str], target: list[str]) -> None:
         super().update(preds, target)

@@ -19,6 +19,7 @@ from PIL import Image
 from transformers import CLIPTextModel
 
 from src.errors import UserError
+from src.modules.attention import set_attention
 from src.modules.base import LoRAModuleBase, comparable
 from src.pretrained.loading import load_pretrained, load_tokenizer
 
@@ -49,7 +50,7 @@ class DiffusionLoRAModule(LoRAModuleBase):
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, metrics, scheduler=None,
                  generation: dict | None = None, resolution: int = 512, prediction_type: str | None = None,
                  snr_gamma: float | None = None, noise_offset: float = 0.0, monitor: str = "val/fid",
-                 mode: str = "min", gradient_checkpointing: bool = False, enable_xformers: bool = False,
+                 mode: str = "min", gradient_checkpointing: bool = False, attention: str = "sdpa",
                  image_grid_columns: int = 4):
         super().__init__(optimizer, scheduler, monitor, mode)
         self.pretrained = str(pretrained)
@@ -75,12 +76,7 @@ class DiffusionLoRAModule(LoRAModuleBase):
             frozen.requires_grad_(False)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-        if enable_xformers:
-            try:
-                self.unet.enable_xformers_memory_efficient_attention()
-            except (ImportError, ModuleNotFoundError, ValueError) as err:
-                raise UserError(f"model.enable_xformers=true but xformers is unusable here ({err}) — set it to "
-                                "false (PyTorch's scaled-dot-product attention is the default)") from err
+        set_attention(self.unet, attention)  # sdpa | xformers | default (src/modules/attention.py)
         self.lora_config = lora
         try:
             self.unet.add_adapter(lora)

@@ -1,0 +1,73 @@
+"""What running on several processes needs beyond Lightning's defaults: evaluation shards without
+repeated samples, FSDP wrapping of a model's own blocks, and knowing whether a cluster launched us."""
+
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from src.errors import UserError
+
+# the cluster environments Lightning detects by itself (Kubeflow and MPI need an explicit plugin)
+CLUSTER_ENVIRONMENTS = {"SLURM": SLURMEnvironment, "torchrun": TorchElasticEnvironment, "LSF": LSFEnvironment}
+
+
+def detected_cluster() -> str | None:
+    """The name of the cluster environment that launched this process (SLURM, torchrun, ...), if any."""
+    return next((name for name, env in CLUSTER_ENVIRONMENTS.items() if env.detect()), None)
+
+
+def eval_sampler(dataset: Any, trainer: Any) -> UnrepeatedDistributedSampler | None:
+    """Each process evaluates every ``world_size``-th sample, and no sample twice.
+
+    Lightning's default ``DistributedSampler`` pads the last round by repeating samples so every process
+    gets as many; metrics over a validation set must see each sample exactly once. Evaluation runs no
+    collective per batch (torchmetrics syncs once at ``compute``), so shards one batch apart are safe.
+    ``None`` on one process: the loader keeps its sequential order.
+    """
+    kwargs = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+    if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+        return None
+    world = kwargs["num_replicas"]
+    if len(dataset) < world:
+        raise UserError(f"{len(dataset)} evaluation sample(s) for {world} processes: every process needs at least "
+                        "one — evaluate more samples or use fewer devices")
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=kwargs["rank"], shuffle=False)
+
+
+class NoSplitModulesPolicy(ModuleWrapPolicy):
+    """FSDP auto-wrap policy: one FSDP unit per block the model itself declares indivisible.
+
+    Hugging Face models name their repeated blocks in ``_no_split_modules`` (``T5Block``, ``GPT2Block``,
+    the UNet's ``BasicTransformerBlock`` ...), the same list accelerate's FSDP plugin wraps by default,
+    so one policy fits every model family without naming classes in the config.
+    """
+
+    def __init__(self):
+        super().__init__(set())
+
+    @staticmethod
+    def block_classes(root: torch.nn.Module) -> set[type[torch.nn.Module]]:
+        names = {name for m in root.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+        return {type(m) for m in root.modules() if type(m).__name__ in names}
+
+    def _run_policy(self, root_module, ignored_modules, root_kwargs):
+        self._module_classes = self.block_classes(root_module)
+        if not self._module_classes:
+            raise UserError(f"trainer=fsdp found no blocks to shard in {type(root_module).__name__} (no "
+                            "_no_split_modules) — use trainer=ddp, or set trainer.strategy.auto_wrap_policy")
+        return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def concatenate_list_states(metric) -> None:
+    """Make torchmetrics gather each list state once, as one concatenated tensor.
+
+    A list state registered with ``dist_reduce_fx=None`` (ROUGEScore's per-sentence scores, KID's
+    features) is gathered element by element; processes holding different numbers of elements — as
+    unrepeated evaluation shards do — would then wait on each other forever. ``"cat"`` gathers once.
+    """
+    for name, value in metric.metric_state.items():
+        if isinstance(value, list):
+            metric.add_state(name, [], dist_reduce_fx="cat")
