@@ -1,4 +1,4 @@
-"""Export: ``python export.py ckpt=<run dir | .ckpt | adapter dir> [output_dir=...]`` — a standalone merged model (conf/export.yaml)."""
+"""Export: ``python export.py ckpt=<run dir | .ckpt | adapter dir> [output_dir=...]`` (conf/export.yaml)."""
 
 import os
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Batch generation: ``python generate.py ckpt=<run dir | .ckpt | adapter dir> prompts=<file>`` (see conf/generate.yaml)."""
+"""Batch generation: ``python generate.py ckpt=<run dir | .ckpt | adapter dir> prompts=<file>`` (conf/generate.yaml)."""
 
 import os
 from pathlib import Path

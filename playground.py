@@ -1,4 +1,4 @@
-"""Playground: ``python playground.py ckpt=<run dir | .ckpt | adapter dir>`` — type a title, get a description (conf/playground.yaml)."""
+"""Playground: ``python playground.py ckpt=<run dir | .ckpt | adapter dir>`` (conf/playground.yaml)."""
 
 import os
 from pathlib import Path

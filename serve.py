@@ -1,4 +1,4 @@
-"""Serve: ``python serve.py [logs_dir=logs] [port=8011]`` — the generation API (see conf/serve.yaml), docs at /docs."""
+"""Serve: ``python serve.py [logs_dir=logs] [port=8011]`` — the generation API (conf/serve.yaml), docs at /docs."""
 
 import os
 from pathlib import Path

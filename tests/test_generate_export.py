@@ -80,7 +80,8 @@ def test_batch_generation_writes_reproducible_images(trained_shoes_run, tmp_path
 @pytest.mark.slow
 def test_playground_changes_settings_on_the_fly(trained_run, tmp_path):
     title = TITLES[0]
-    script = f"{title}\n:set max_new_tokens=3\n{title}\n:set temperature=abc\n:set colour=red\n:show\n:quit\nnever read\n"
+    script = "\n".join([title, ":set max_new_tokens=3", title, ":set temperature=abc", ":set colour=red", ":show",
+                        ":quit", "never read"]) + "\n"
     proc = subprocess.run([sys.executable, str(ROOT / "playground.py"), f"ckpt={trained_run / 'adapter'}",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, input=script, text=True,
                           capture_output=True, timeout=600)
@@ -120,7 +121,8 @@ def test_exported_text_model_loads_without_peft_and_matches_the_adapter(trained_
     adapter = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_dir), trained_run / "adapter").eval()
     start = torch.zeros(len(sources), 1, dtype=torch.long)
     with torch.no_grad():
-        ours, theirs = merged(**inputs, decoder_input_ids=start).logits, adapter(**inputs, decoder_input_ids=start).logits
+        ours = merged(**inputs, decoder_input_ids=start).logits
+        theirs = adapter(**inputs, decoder_input_ids=start).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
     again = run_cli("export.py", f"ckpt={trained_run}", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'run2'}",

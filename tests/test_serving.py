@@ -121,9 +121,11 @@ def test_lists_every_checkpoint_adapter_and_base(server, logs_dir, trained_run):
     assert steps
     for step in steps:
         entry = listed[f"train/runs/text/checkpoint-{step}"]
-        assert (entry["kind"], entry["family"], entry["source"], entry["step"]) == ("text", "seq2seq", "checkpoint", step)
+        assert (entry["kind"], entry["family"], entry["source"], entry["step"]) == ("text", "seq2seq", "checkpoint",
+                                                                                 step)
     best = Path(read_json(run / "metrics.json")["best_checkpoint"]["path"]).stem
-    assert [n for n, m in listed.items() if m["recommended"] and m["run"] == "train/runs/text"] == [f"train/runs/text/{best}"]
+    recommended = [n for n, m in listed.items() if m["recommended"] and m["run"] == "train/runs/text"]
+    assert recommended == [f"train/runs/text/{best}"]
     assert listed["train/runs/text/adapter"]["step"] == int(best.split("-")[1])
     assert listed["train/runs/text/last"]["source"] == "last"
     assert listed["train/runs/text/base"]["source"] == "base"
@@ -208,8 +210,9 @@ def test_rejects_bad_requests_with_a_clear_message(server):
 @pytest.mark.slow
 def test_unknown_models_and_paths_outside_the_logs_directory_are_404(server, logs_dir):
     outside = ["nope", "../secret.ckpt", "train/runs/text/../../../../secret.ckpt", "/etc/passwd",
-               str(logs_dir / "train" / "runs" / "text" / "checkpoints" / "last.ckpt"), "train/runs/text/checkpoint-999",
-               "train/runs/text/checkpoints/checkpoint-999.ckpt", "train/runs/text/../text/adapter"]
+               str(logs_dir / "train" / "runs" / "text" / "checkpoints" / "last.ckpt"),
+               "train/runs/text/checkpoint-999", "train/runs/text/checkpoints/checkpoint-999.ckpt",
+               "train/runs/text/../text/adapter"]
     for name in outside:
         response = generate_images(server, name)
         assert response.status_code == 404 and "GET /api/models" in response.json()["detail"], name
@@ -258,7 +261,8 @@ def fake_run(run_dir: Path, checkpoints: list[str], best: str | None) -> None:
 
 def test_registry_names_runs_by_their_path_and_never_leaves_the_logs_dir(tmp_path):
     logs = tmp_path / "logs"
-    fake_run(logs / "train" / "runs" / "a", ["checkpoint-5.ckpt", "checkpoint-10.ckpt", "last.ckpt"], "checkpoint-5.ckpt")
+    fake_run(logs / "train" / "runs" / "a", ["checkpoint-5.ckpt", "checkpoint-10.ckpt", "last.ckpt"],
+             "checkpoint-5.ckpt")
     fake_run(logs / "train" / "multiruns" / "x" / "0", ["checkpoint-3.ckpt"], None)
     fake_run(logs / "evaluate" / "runs" / "e", [], None)  # no weights: not a model
     (tmp_path / "outside.ckpt").write_bytes(b"")
@@ -270,7 +274,8 @@ def test_registry_names_runs_by_their_path_and_never_leaves_the_logs_dir(tmp_pat
     assert [e.name for e in registry.list() if e.recommended] == ["train/runs/a/checkpoint-5"]
     assert registry.get("train/runs/a/checkpoint-10").target.path == str(
         logs.resolve() / "train" / "runs" / "a" / "checkpoints" / "checkpoint-10.ckpt")
-    for name in ["train/runs/a/checkpoint-7", "../outside", "train/runs/a/../a/checkpoint-5", "train/runs/a/checkpoints"]:
+    for name in ["train/runs/a/checkpoint-7", "../outside", "train/runs/a/../a/checkpoint-5",
+                 "train/runs/a/checkpoints"]:
         assert registry.get(name) is None
     fake_run(logs / "train" / "runs" / "b", ["checkpoint-1.ckpt"], None)  # trained after the server started
     assert registry.get("train/runs/b/checkpoint-1") is not None

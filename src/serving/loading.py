@@ -29,7 +29,8 @@ def check_device(device: str) -> torch.device:
     if device not in DEVICES:
         raise UserError(f"device={device} is not one of {', '.join(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda needs a CUDA GPU and none is visible — use device=cpu (or device=mps on Apple silicon)")
+        raise UserError("device=cuda needs a CUDA GPU and none is visible "
+                        "— use device=cpu (or device=mps on Apple silicon)")
     if device == "mps" and not torch.backends.mps.is_available():
         raise UserError("device=mps needs Apple silicon with PyTorch's MPS backend, which this machine lacks "
                         "— use device=cpu (or device=cuda on a GPU machine)")
@@ -77,7 +78,8 @@ def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> Load
     module.eval()
     if not cfg.model.get("quantization"):  # k-bit weights are placed by bitsandbytes when loading
         module.to(torch_device)
-    log.info("loaded %s (%s, %s) on %s", target.path or f"the base model {module.pretrained}", target.kind, kind, device)
+    log.info("loaded %s (%s, %s) on %s", target.path or f"the base model {module.pretrained}", target.kind, kind,
+             device)
     return LoadedModel(module, datamodule, kind, target.kind == "base", torch_device)
 
 

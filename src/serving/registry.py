@@ -126,7 +126,8 @@ def run_entries(run_dir: Path, logs_dir: Path) -> list[ModelEntry]:
     if has_adapter:
         step = STEP.match(Path(best).stem)
         weights = max((_mtime(f) for f in adapter.glob("*.safetensors")), default=0)
-        entries.append(ModelEntry(name=f"{run}/adapter", source="adapter", target=EvalTarget("adapter", str(adapter), run_dir),
+        entries.append(ModelEntry(name=f"{run}/adapter", source="adapter",
+                                  target=EvalTarget("adapter", str(adapter), run_dir),
                                   step=int(step[1]) if step else None, version=weights, **common))
     return entries
 

@@ -23,7 +23,8 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as err:
-            raise UserError(f"cannot listen on {host}:{port} ({err.strerror}) — stop what uses it or pass port=<another>")
+            raise UserError(f"cannot listen on {host}:{port} ({err.strerror}) "
+                            "— stop what uses it or pass port=<another>") from None
 
 
 def load_entry(cfg: DictConfig, device: str, entry: ModelEntry):
@@ -47,7 +48,7 @@ def serve(cfg: DictConfig) -> None:
     check_port_free(cfg.host, cfg.port)
     app, registry = build_app(cfg)
     entries = registry.list()
-    log.info("serving %d models (%d runs) from %s at http://%s:%d — API docs at http://%s:%d/docs; images saved to %s",
-             len(entries), len({e.run for e in entries if e.run}), registry.logs_dir, cfg.host, cfg.port,
-             cfg.host, cfg.port, cfg.output_dir)
+    url = f"http://{cfg.host}:{cfg.port}"
+    log.info("serving %d models (%d runs) from %s at %s — API docs at %s/docs; images saved to %s",
+             len(entries), len({e.run for e in entries if e.run}), registry.logs_dir, url, url, cfg.output_dir)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, log_level=cfg.log_level)
