@@ -279,6 +279,8 @@ def test_registry_names_runs_by_their_path_and_never_leaves_the_logs_dir(tmp_pat
         assert registry.get(name) is None
     fake_run(logs / "train" / "runs" / "b", ["checkpoint-1.ckpt"], None)  # trained after the server started
     assert registry.get("train/runs/b/checkpoint-1") is not None
+    (logs / "train" / "runs" / "b" / "checkpoints" / "checkpoint-1.ckpt").unlink()  # rotated out of the top k
+    assert registry.get("train/runs/b/checkpoint-1") is None
 
 
 def test_model_cache_is_bounded_least_recently_used_and_loads_once(tmp_path):

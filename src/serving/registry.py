@@ -169,6 +169,7 @@ class ModelRegistry:
         """The entry named exactly ``name`` (rescanning once on a miss), else None."""
         with self._lock:
             entry = self._entries.get(name)
-        if entry is None:
+        # ModelCheckpoint deletes checkpoints that fall out of the top k while a run trains
+        if entry is None or (entry.target.path and not Path(entry.target.path).exists()):
             entry = next((e for e in self.scan() if e.name == name), None)
         return entry
