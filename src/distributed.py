@@ -71,3 +71,25 @@ def concatenate_list_states(metric) -> None:
     for name, value in metric.metric_state.items():
         if isinstance(value, list):
             metric.add_state(name, [], dist_reduce_fx="cat")
+
+
+def unshare_metric_states(module: torch.nn.Module) -> None:
+    """Give this process its own copy of every torchmetrics state.
+
+    ``ddp_spawn`` sends the module to its processes through ``torch.multiprocessing``, which moves every
+    CPU tensor into shared memory. Lightning clones parameters and buffers back; metric states are
+    neither, so two processes adding in place (FID's ``fake_features_num_samples += n``, a mean's running
+    sum) would write into one tensor and every count would be summed twice at sync.
+    """
+    from torchmetrics import Metric
+
+    for metric in module.modules():
+        if not isinstance(metric, Metric):
+            continue
+        for name in metric._defaults:
+            value = getattr(metric, name)
+            if isinstance(value, torch.Tensor) and value.is_shared():
+                setattr(metric, name, value.clone())
+            elif isinstance(value, list):
+                setattr(metric, name, [v.clone() if isinstance(v, torch.Tensor) and v.is_shared() else v
+                                       for v in value])

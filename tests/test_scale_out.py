@@ -233,8 +233,6 @@ def test_ddp_sim_seq2seq_validates_like_one_process(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open bug: under ddp_sim the first validation's FID counts 10 generated "
-                   "images for 5 prompts while KID holds 5, and KID's subset_size check fails")
 def test_ddp_sim_diffusion_shards_prompts_and_matches_one_process(cache_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     run_cli("train.py", "experiment=quickstart_shoes", "logger=csv", "trainer.enable_progress_bar=false",

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torchmetrics import MaxMetric, MeanMetric, MinMetric
 
+from src.distributed import unshare_metric_states
 from src.errors import UserError
 from src.modules.adapter_checkpoint import TrainableStateDictMixin
 from src.modules.guards import check_finite_loss
@@ -47,6 +48,9 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
         self.train_loss = MeanMetric()
         self.best = MODES[mode]()
         self.predictions: list[dict[str, Any]] = []
+
+    def setup(self, stage: str) -> None:
+        unshare_metric_states(self)  # runs in each process, after ddp_spawn has shared the module's tensors
 
     # -- training ------------------------------------------------------------------------------------
     def log_train_loss(self, loss: torch.Tensor) -> None:
