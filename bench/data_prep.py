@@ -112,8 +112,13 @@ def run(cmd: list[str]) -> dict:
     return figures
 
 
-FRAMEWORK = """
-import resource, sys, time
+PEAK_RSS = """
+def peak_rss_mb():
+    # VmHWM of this process's own memory map: ru_maxrss would report the forking parent's peak
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024
+"""
+FRAMEWORK = PEAK_RSS + """
+import sys, time
 from bench.common import ROOT, compose
 from pathlib import Path
 from hydra.utils import instantiate
@@ -122,13 +127,12 @@ cfg = compose("prepare_data", ["data=amazon", "data.train_file={file}", "data.te
                                "paths.cache_dir={cache}"], Path("{out}"))
 datamodule = instantiate(cfg.data)
 records = datamodule.load_records()
-print(len(records), datamodule.skipped(), round(time.perf_counter() - start, 1),
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(len(records), datamodule.skipped(), round(time.perf_counter() - start, 1), peak_rss_mb())
 """
-PANDAS = """
-import resource, pandas
+PANDAS = PEAK_RSS + """
+import pandas
 df = pandas.read_json("{file}", lines=True)
-print(len(df), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(len(df), peak_rss_mb())
 """
 
 
