@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from hydra.utils import get_class
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from src.distributed import NoSplitModulesPolicy, eval_sampler
 from src.errors import UserError
@@ -185,6 +185,14 @@ def test_attention_switch_sets_every_processor(shoes_cfg, attention, processor):
     cfg.model.attention = attention
     module, _ = build_model_and_data(cfg)
     assert {type(p).__name__ for p in module.unet.attn_processors.values()} == {processor}
+
+
+def test_runs_saved_with_the_earlier_enable_xformers_switch_still_build(shoes_cfg):
+    cfg = shoes_cfg.copy()
+    with open_dict(cfg):
+        cfg.model.enable_xformers = False  # what runs saved before model.attention existed hold
+    module, _ = build_model_and_data(cfg)
+    assert {type(p).__name__ for p in module.unet.attn_processors.values()} == {"AttnProcessor2_0"}
 
 
 def test_gradient_checkpointing_trains_the_unet_lora_on_cpu(shoes_cfg):

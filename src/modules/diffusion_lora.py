@@ -51,8 +51,11 @@ class DiffusionLoRAModule(LoRAModuleBase):
                  generation: dict | None = None, resolution: int = 512, prediction_type: str | None = None,
                  snr_gamma: float | None = None, noise_offset: float = 0.0, monitor: str = "val/fid",
                  mode: str = "min", gradient_checkpointing: bool = False, attention: str = "sdpa",
-                 image_grid_columns: int = 4):
+                 image_grid_columns: int = 4, enable_xformers: bool | None = None):
         super().__init__(optimizer, scheduler, monitor, mode)
+        if enable_xformers is not None:  # the earlier switch: runs saved with it still evaluate and serve
+            log.warning("model.enable_xformers is deprecated — use model.attention=xformers (or sdpa)")
+            attention = "xformers" if enable_xformers else attention
         self.pretrained = str(pretrained)
         self.generation = {"num_inference_steps": 30, "guidance_scale": 7.5, **(generation or {})}
         self.resolution = resolution
