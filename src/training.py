@@ -39,7 +39,8 @@ def train(cfg: DictConfig) -> float | None:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or ckpt_path)
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    _print_summary(cfg, best, metrics)
+    if trainer.is_global_zero:  # under ddp/torchrun every process runs this script
+        _print_summary(cfg, best, metrics)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
