@@ -182,3 +182,19 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(cache_dir, tmp_path):
     results = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_params" in results and "model.lora.r" in results
     assert (tmp_path / "0" / "metrics.json").is_file() and (tmp_path / "1" / "metrics.json").is_file()
+
+
+def test_seq2seq_evaluation_encodes_once_and_matches_separate_loss_and_generation(cache_dir, tmp_path):
+    from src.runtime import build_model_and_data
+
+    cfg = compose_config("train", [*QUICK, "data.eval_batch_size=8", "model.generation.num_beams=2"], tmp_path)
+    module, datamodule = build_model_and_data(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    batch = next(iter(datamodule.val_dataloader()))
+    module.eval()
+    with torch.inference_mode():
+        torch.nn.init.normal_(module.model.base_model.model.encoder.block[0].layer[0].SelfAttention.q.lora_B.default.weight)
+        loss, predictions = module.loss_and_predictions(batch)
+        assert loss.item() == pytest.approx(module(batch).loss.item(), rel=1e-6)
+        assert predictions == module.generate_texts(batch)

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import torch
 from peft import TaskType
 from transformers import AutoModelForSeq2SeqLM
 
@@ -13,7 +14,14 @@ class Seq2SeqLoRAModule(TextLoRAModule):
     task_type = TaskType.SEQ_2_SEQ_LM
     encoding = "seq2seq"
 
-    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
+    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None, **encoded) -> list[str]:
         out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  **{**self.generation, **(generation or {})})
+                                  **encoded, **{**self.generation, **(generation or {})})
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def loss_and_predictions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        """The loss and the generation read the same encoder output: the source is encoded once per batch."""
+        encoder_outputs = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = self.model(encoder_outputs=encoder_outputs, attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+        return loss, self.generate_texts(batch, encoder_outputs=encoder_outputs)

@@ -73,10 +73,13 @@ class TextLoRAModule(LoRAModuleBase):
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
+    def loss_and_predictions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        """The teacher-forced loss and the generated texts of an evaluation batch."""
+        return self(batch).loss, self.generate_texts(batch)
+
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
-        n = len(batch["uid"])
-        self.losses[stage].update(self(batch).loss, weight=n)
-        predictions = self.generate_texts(batch)
+        loss, predictions = self.loss_and_predictions(batch)
+        self.losses[stage].update(loss, weight=len(batch["uid"]))
         self.metrics[stage].update(predictions, batch["target"])
         # sentence ROUGE-L per row: what bootstrap intervals resample (their mean is the logged ROUGE-L)
         rouge = sentence_rouge_l(predictions, batch["target"])
