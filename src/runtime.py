@@ -161,6 +161,9 @@ def instantiate_config(node: DictConfig, **kwargs) -> Any:
 
 def build_model_and_data(cfg: DictConfig):
     """The LightningModule from ``cfg.model`` and the datamodule fed with the module's tokenizer."""
+    from src.modality import check_model_fits_data
+
+    check_model_fits_data(cfg)  # before resolving the model config: it may interpolate a key of another modality
     module = instantiate_config(cfg.model)
     datamodule = instantiate_config(cfg.data, tokenizer=module.tokenizer, encoding=module.encoding)
     return module, datamodule

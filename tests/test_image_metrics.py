@@ -11,7 +11,8 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
 from src.errors import UserError
-from src.metrics.image import ImageGenerationMetrics, TinyFeatureExtractor, build_feature_extractor, clip_scores
+from src.metrics.image import (ImageGenerationMetrics, TinyFeatureExtractor, build_feature_extractor, clip_scores,
+                              inception_status)
 from src.pretrained.tiny_clip import tiny_clip
 
 PROMPTS = ["a red running shoe", "a black leather boot", "a blue sneaker with white laces", "a golden sun card"]
@@ -219,15 +220,15 @@ def test_clip_model_that_cannot_load_is_one_line_user_error(tmp_path):
 
 
 def test_inception_without_weights_is_one_line_user_error(tmp_path):
-    for path in (None, str(tmp_path / "missing.pth")):
-        with pytest.raises(UserError) as err:
-            build_feature_extractor("inception", weights_path=path)
-        message = str(err.value)
-        assert "\n" not in message
-        assert "weights-inception-2015-12-05" in message and "tiny" in message
-        assert "model.metrics.feature_extractor.weights_path=" in message  # the override in conf/model/*.yaml
+    path = str(tmp_path / "missing.pth")  # weights_path=None downloads instead: see the tests at the end
+    with pytest.raises(UserError) as err:
+        build_feature_extractor("inception", weights_path=path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "weights-inception-2015-12-05" in message and "tiny" in message
+    assert "model.metrics.feature_extractor.weights_path=" in message  # the override in conf/model/*.yaml
     with pytest.raises(UserError, match="model.metrics.feature_weights_path="):
-        ImageGenerationMetrics(feature_extractor="inception", clip_model=None)
+        ImageGenerationMetrics(feature_extractor="inception", feature_weights_path=path, clip_model=None)
     with pytest.raises(UserError, match="64, 192, 768, 2048"):
         build_feature_extractor("inception", weights_path=path, num_features=100)
     with pytest.raises(UserError, match="unknown feature extractor"):
@@ -244,3 +245,176 @@ def test_inception_without_torch_fidelity_is_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match="torch-fidelity") as err:
         build_feature_extractor("inception", weights_path=str(weights))
     assert "\n" not in str(err.value)
+
+
+# -- InceptionV3 weights: a given file, else torch-fidelity's download into the torch hub cache ----------------
+# torch-fidelity cannot import beside this torch, so its class and the network are stood in for here.
+
+FIDELITY_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"  # torch_fidelity's
+                "weights-inception-2015-12-05-6726825d.pth")                          # URL_INCEPTION_V3
+
+
+class FakeInception(nn.Module):
+    """Stands in for torchmetrics' NoTrainInceptionV3 and does what torch-fidelity does with the weights:
+    a given path is ``torch.load``-ed, no path goes through ``torch.hub.load_state_dict_from_url``."""
+
+    calls: list[dict] = []
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__()
+        FakeInception.calls.append({"name": name, "features_list": features_list,
+                                    "feature_extractor_weights_path": feature_extractor_weights_path, **kwargs})
+        if feature_extractor_weights_path is None:
+            torch.hub.load_state_dict_from_url(FIDELITY_URL, progress=True)
+        else:
+            torch.load(feature_extractor_weights_path, weights_only=False)
+        self.fc = nn.Linear(2, 2)
+
+
+@pytest.fixture
+def fidelity(monkeypatch, tmp_path):
+    """torch-fidelity "installed", downloads recorded (and refused unless a test allows them), the torch hub
+    cache in tmp_path."""
+    import torchmetrics.image.fid
+    import torchmetrics.utilities.imports
+
+    monkeypatch.setattr(torchmetrics.utilities.imports, "_TORCH_FIDELITY_AVAILABLE", True)
+    monkeypatch.setattr(torchmetrics.image.fid, "NoTrainInceptionV3", FakeInception)
+    monkeypatch.setattr(FakeInception, "calls", [])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    downloads = []
+
+    def refuse(url, **kwargs):
+        downloads.append(url)
+        raise AssertionError("no download expected")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    return downloads
+
+
+def test_inception_without_weights_path_uses_torch_fidelity_download(fidelity, monkeypatch):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kwargs: fidelity.append(url) or {})
+    extractor = build_feature_extractor("inception", weights_path=None, num_features=768)
+    assert FakeInception.calls == [{"name": "inception-v3-compat", "features_list": ["768"],
+                                    "feature_extractor_weights_path": None, "antialias": False}]
+    assert fidelity == [FIDELITY_URL]
+    assert extractor.num_features == 768 and not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_inception_with_weights_path_loads_that_file_and_downloads_nothing(fidelity, tmp_path):
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({}, weights)
+    assert build_feature_extractor("inception", weights_path=str(weights)).num_features == 2048
+    assert FakeInception.calls[0]["feature_extractor_weights_path"] == str(weights)
+    assert fidelity == []
+
+
+def test_inception_download_failure_is_one_line_user_error(fidelity, monkeypatch):
+    import socket
+    import urllib.error
+
+    def offline(url, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError) as err:
+        build_feature_extractor("inception")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("the InceptionV3 weights for FID/KID could not be downloaded ("
+                              "[Errno -3] Temporary failure in name resolution) — ")
+    assert (f"set model.metrics.feature_extractor.weights_path to a local copy of "
+            f"weights-inception-2015-12-05-6726825d.pth (from {FIDELITY_URL})") in message
+    assert message.endswith("or use model.metrics.feature_extractor.kind=tiny")
+    with pytest.raises(UserError, match=r"set model.metrics.feature_weights_path .* "
+                                        r"model.metrics.feature_extractor=tiny"):
+        ImageGenerationMetrics(feature_extractor="inception", clip_model=None)
+
+
+@pytest.fixture
+def local_server(monkeypatch):
+    """An HTTP server on 127.0.0.1: /release redirects to /objects (as GitHub's release URLs do), which
+    answers; every request's method is recorded."""
+    import http.server
+    import threading
+
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            requests.append((self.command, self.path))
+            if self.path == "/release/weights.pth":
+                self.send_response(302)
+                self.send_header("Location", "/objects/weights.pth")
+            else:
+                self.send_response(200 if self.path == "/objects/weights.pth" else 404)
+                self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET = answer
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/weights.pth"  # nothing listens: refused at once
+
+
+def test_inception_status_asks_the_url_with_head_only(fidelity, local_server, monkeypatch):
+    import src.metrics.image as image
+
+    base, requests = local_server
+    monkeypatch.setattr(image, "INCEPTION_URL", f"{base}/release/weights.pth")
+    assert inception_status(None) is None
+    assert requests == [("HEAD", "/release/weights.pth"), ("HEAD", "/objects/weights.pth")]  # no download
+    monkeypatch.setattr(image, "INCEPTION_URL", f"{base}/gone.pth")
+    assert inception_status(None) == ("the InceptionV3 weights for FID/KID could not be downloaded (HTTP 404 Not "
+                                      f"Found) — set model.metrics.feature_extractor.weights_path to a local copy of "
+                                      f"weights-inception-2015-12-05-6726825d.pth (from {base}/gone.pth) or use "
+                                      "model.metrics.feature_extractor.kind=tiny")
+
+
+def test_inception_status_offline(fidelity, tmp_path, monkeypatch):
+    import src.metrics.image as image
+
+    monkeypatch.setattr(image, "INCEPTION_URL", closed_port_url())
+    status = inception_status(None)
+    assert status.startswith("the InceptionV3 weights for FID/KID could not be downloaded (") and "\n" not in status
+    assert "refused" in status and status.endswith("kind=tiny")
+    # a local file, or weights already in the torch hub cache, need no network
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save({}, weights)
+    assert inception_status(str(weights)) is None
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save({}, cached)
+    assert inception_status(None) is None
+    assert fidelity == [] and FakeInception.calls == []  # nothing loaded or downloaded
+
+
+def test_inception_status_names_the_other_problems(fidelity, tmp_path, monkeypatch):
+    import sys
+
+    import torchmetrics.utilities.imports
+
+    missing = inception_status(str(tmp_path / "missing.pth"))
+    assert "'" + str(tmp_path / "missing.pth") + "' is not a file" in missing and "\n" not in missing
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # installed, but does not import
+    assert inception_status(None).startswith("torch-fidelity is installed but does not import (")
+    monkeypatch.setattr(torchmetrics.utilities.imports, "_TORCH_FIDELITY_AVAILABLE", False)
+    assert inception_status(None).startswith("the InceptionV3 feature extractor needs the torch-fidelity package")

@@ -186,6 +186,8 @@ class ShoeImagesDataModule(L.LightningDataModule):
     captions); ``cache_dir`` likewise (images are read straight from disk).
     """
 
+    encodings = ("diffusion",)  # the model families this data feeds (src/modality.py checks it first)
+
     def __init__(self, data_dir: str, real_dir: str | None = None, prompts_file: str | None = None,
                  resolution: int = 64, center_crop: bool = True, random_flip: bool = True,
                  caption_template: str = "a photo of {name}", batch_size: int = 4, eval_batch_size: int = 4,

@@ -105,6 +105,7 @@ class TextPairDataModule(L.LightningDataModule):
     """
 
     stratify_column: str | None = None
+    encodings = ("seq2seq", "causal")  # the model families this data feeds (src/modality.py checks it first)
 
     def __init__(self, tokenizer=None, encoding: str = "seq2seq", cache_dir: str = ".cache/datasets",
                  max_source_length: int = 128, max_target_length: int = 128, batch_size: int = 8,

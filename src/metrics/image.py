@@ -102,25 +102,102 @@ def build_feature_extractor(kind: str = "inception", weights_path: str | None = 
 
     ``kind="inception"``: torchmetrics' InceptionV3 (``NoTrainInceptionV3``, the FID reference network,
     resizing like TensorFlow 1.x, i.e. ``antialias=False``) with ``num_features`` in 64/192/768/2048
-    (default 2048), loaded offline from ``weights_path`` (the ``pt_inception-2015-12-05`` weights,
-    file ``weights-inception-2015-12-05-6726825d.pth``). Needs the ``torch-fidelity`` package, which
-    itself needs a torchvision that imports beside the installed torch.
+    (default 2048). Its weights (``pt_inception-2015-12-05``, file ``weights-inception-2015-12-05-6726825d.pth``)
+    come from ``weights_path`` if given, else torch-fidelity downloads them once into the torch hub cache
+    (:func:`inception_cache_file`). Needs the ``torch-fidelity`` package, which itself needs a torchvision
+    that imports beside the installed torch. :func:`inception_status` says beforehand whether this can work.
     ``kind="tiny"``: :class:`TinyFeatureExtractor` (default 64 features), for tests and smoke runs.
 
     >>> build_feature_extractor("tiny").num_features
     64
-    >>> build_feature_extractor("inception", weights_path=None)  # doctest: +ELLIPSIS
+    >>> build_feature_extractor("inception", weights_path="/nowhere/weights.pth")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    src.errors.UserError: FID/KID with InceptionV3 need its weights file weights-inception-2015-12-05-6726825d.pth ...
+    src.errors.UserError: FID/KID with InceptionV3 need its weights file ... ('/nowhere/weights.pth' is not a file) ...
     """
     return _build_feature_extractor(kind, weights_path, num_features, "model.metrics.feature_extractor.")
+
+
+def inception_cache_file() -> Path:
+    """Where torch-fidelity's download lands: ``torch.hub.load_state_dict_from_url`` keeps the URL's file name
+    under ``<torch hub dir>/checkpoints`` ($TORCH_HOME/hub, by default ~/.cache/torch/hub)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+
+
+def inception_status(weights_path: str | None = None, timeout: float = 3.0,
+                     key: str = "model.metrics.feature_extractor.") -> str | None:
+    """None when FID/KID with InceptionV3 can run on this machine, else the one-line problem (for a preflight).
+
+    Needs torch-fidelity importable, and the weights as the local file ``weights_path``, or (``weights_path``
+    None) already in the torch hub cache or downloadable: a HEAD request to the weights URL within ``timeout``
+    seconds. Loads nothing.
+
+    >>> inception_status("/nowhere/weights.pth")  # doctest: +ELLIPSIS
+    "FID/KID with InceptionV3 need its weights file ... ('/nowhere/weights.pth' is not a file) ..."
+    """
+    if weights_path is not None and not Path(weights_path).expanduser().is_file():
+        return _missing_weights(weights_path, key, "weights_path", "kind")
+    problem = _torch_fidelity_problem(f"or {key}kind=tiny for a smoke run")
+    if problem or weights_path is not None or inception_cache_file().is_file():
+        return problem
+    reason = url_problem(INCEPTION_URL, timeout)
+    return None if reason is None else _download_failed(reason, key, "weights_path", "kind")
+
+
+def url_problem(url: str, timeout: float = 3.0) -> str | None:
+    """None when a HEAD request to ``url`` (following redirects, still as HEAD) succeeds within ``timeout``
+    seconds; else why not, in a few words."""
+    import urllib.error
+    import urllib.request
+
+    class KeepHead(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is not None:  # urllib turns a redirected HEAD into a GET (a download)
+                new.method = req.get_method()
+            return new
+
+    opener = urllib.request.build_opener(KeepHead())
+    try:
+        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError as err:
+        return None if err.code == 405 else f"HTTP {err.code} {err.reason}"  # 405: up, but no HEAD
+    except urllib.error.URLError as err:
+        return str(err.reason)
+    except OSError as err:  # a timeout while reading the response, a reset connection
+        return str(err) or type(err).__name__
+
+
+def _missing_weights(weights_path: str, key: str, weights_key: str, kind_key: str) -> str:
+    return (f"FID/KID with InceptionV3 need its weights file {INCEPTION_WEIGHTS} (pt_inception-2015-12-05, "
+            f"{INCEPTION_URL}) on this machine ('{weights_path}' is not a file) — set {key}{weights_key}=/path/to/it "
+            f"(or null to download it into the torch hub cache), or {key}{kind_key}=tiny for a smoke run")
+
+
+def _download_failed(reason: str, key: str, weights_key: str, kind_key: str) -> str:
+    return (f"the InceptionV3 weights for FID/KID could not be downloaded ({reason}) — set {key}{weights_key} to a "
+            f"local copy of {INCEPTION_WEIGHTS} (from {INCEPTION_URL}) or use {key}{kind_key}=tiny")
+
+
+def _torch_fidelity_problem(smoke: str) -> str | None:
+    """Why torchmetrics' InceptionV3 cannot be imported here, or None."""
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE:
+        return ("the InceptionV3 feature extractor needs the torch-fidelity package — pip install "
+                f"torch-fidelity (it needs a torchvision matching torch), {smoke}")
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: F401
+    except (ImportError, RuntimeError) as err:  # a torchvision built for another torch fails with either
+        return (f"torch-fidelity is installed but does not import ({str(err).splitlines()[0]}) — install a "
+                "torchvision matching torch (torchmetrics' FID and KID do not import without it, even with kind=tiny)")
+    return None
 
 
 def _build_feature_extractor(kind: str, weights_path: str | None, num_features: int | None, key: str,
                              weights_key: str = "weights_path", kind_key: str = "kind") -> nn.Module:
     """``key`` + ``weights_key``/``kind_key``: the config overrides named in error messages."""
-    smoke = f"or {key}{kind_key}=tiny for a smoke run"
     if kind == "tiny":
         return TinyFeatureExtractor(num_features=num_features or 64)
     if kind != "inception":
@@ -130,31 +207,42 @@ def _build_feature_extractor(kind: str, weights_path: str | None, num_features: 
     if num_features not in INCEPTION_FEATURES:
         raise UserError(f"InceptionV3 gives {INCEPTION_FEATURES} features, not {num_features} — "
                         f"set {key}num_features to one of them (2048 for published FID)")
-    if weights_path is None or not Path(weights_path).expanduser().is_file():
-        given = "none given" if weights_path is None else f"'{weights_path}' is not a file"
-        raise UserError(f"FID/KID with InceptionV3 need its weights file {INCEPTION_WEIGHTS} "
-                        f"(pt_inception-2015-12-05, {INCEPTION_URL}) on this machine ({given}) — "
-                        f"set {key}{weights_key}=/path/to/it, {smoke}")
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+    if weights_path is not None and not Path(weights_path).expanduser().is_file():
+        raise UserError(_missing_weights(weights_path, key, weights_key, kind_key))
+    problem = _torch_fidelity_problem(f"or {key}{kind_key}=tiny for a smoke run")
+    if problem:
+        raise UserError(problem)
+    from torchmetrics.image.fid import NoTrainInceptionV3
 
-    if not _TORCH_FIDELITY_AVAILABLE:
-        raise UserError("the InceptionV3 feature extractor needs the torch-fidelity package — pip install "
-                        f"torch-fidelity (it needs a torchvision matching torch), {smoke}")
-    try:
-        from torchmetrics.image.fid import NoTrainInceptionV3
-    except ImportError as err:
-        raise UserError(f"torch-fidelity is installed but does not import ({str(err).splitlines()[0]}) — install a "
-                        "torchvision matching torch (torchmetrics' FID and KID do not import without it, even with kind=tiny)") from err
-    try:
-        extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(num_features)],
-                                       feature_extractor_weights_path=str(Path(weights_path).expanduser()),
-                                       antialias=False)
-    except (RuntimeError, OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot load InceptionV3 weights from '{weights_path}' ({str(err).splitlines()[0]}) — "
-                        f"{key}{weights_key} must be the file {INCEPTION_WEIGHTS}") from err
+    if weights_path is None:
+        extractor = _downloaded_inception(NoTrainInceptionV3, num_features, key, weights_key, kind_key)
+    else:
+        try:
+            extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(num_features)],
+                                           feature_extractor_weights_path=str(Path(weights_path).expanduser()),
+                                           antialias=False)
+        except (RuntimeError, OSError, ValueError, KeyError) as err:
+            raise UserError(f"cannot load InceptionV3 weights from '{weights_path}' ({str(err).splitlines()[0]}) — "
+                            f"{key}{weights_key} must be the file {INCEPTION_WEIGHTS}") from err
     extractor.num_features = num_features
     extractor.requires_grad_(False)
     return extractor
+
+
+def _downloaded_inception(inception_class, num_features: int, key: str, weights_key: str, kind_key: str) -> nn.Module:
+    """torch-fidelity's own mechanism: without a weights path it loads its release URL through torch.hub,
+    which downloads once into :func:`inception_cache_file` and reads that file afterwards."""
+    import pickle
+
+    try:
+        return inception_class(name="inception-v3-compat", features_list=[str(num_features)], antialias=False)
+    except OSError as err:  # URLError, HTTPError, timeouts, SSL errors: no weights could be fetched
+        reason = getattr(err, "reason", None) or str(err).splitlines()[0] or type(err).__name__
+        raise UserError(_download_failed(str(reason), key, weights_key, kind_key)) from err
+    except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:  # a truncated cache file
+        raise UserError(f"cannot load the cached InceptionV3 weights {inception_cache_file()} "
+                        f"({str(err).splitlines()[0]}) — delete that file to download it again, or set "
+                        f"{key}{weights_key} to a local copy of {INCEPTION_WEIGHTS}") from err
 
 
 class _Features(nn.Module):
@@ -244,7 +332,8 @@ class ImageGenerationMetrics(nn.Module):
     Args:
         feature_extractor: ``"inception"``, ``"tiny"`` or an ``nn.Module`` mapping uint8 [N, 3, H, W] to
             [N, D] features (with a ``num_features`` attribute, else it is probed once).
-        feature_weights_path: InceptionV3 weights file (offline), for ``feature_extractor="inception"``.
+        feature_weights_path: InceptionV3 weights file for ``feature_extractor="inception"``; None downloads
+            them once into the torch hub cache (see :func:`build_feature_extractor`).
         num_features: feature dimension for the built-in extractors (inception: 2048, tiny: 64).
         clip_model: hub id or local directory of a CLIP model (with its processor), loaded on first
             use; ``None`` disables CLIP score (no ``clip_*`` keys).

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from src.errors import UserError
+from src.modality import check_model_fits_data
 from src.pretrained.quantization import check_quantization
 from src.runtime import build_model_and_data, instantiate_config
 from src.serving.registry import family_of, kind_of
@@ -63,6 +64,7 @@ def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> Load
         cfg = with_run_config(cfg, target.run_dir)
     if "model" not in cfg:
         raise UserError("no model config: pass a run directory, a checkpoint inside one, or model=<config>")
+    check_model_fits_data(cfg)  # the image branch below resolves model.resolution from cfg.data
     check_quantization(cfg.model.get("quantization"))
     torch_device = check_device(device)
     cfg = cfg.copy()
