@@ -69,6 +69,6 @@ def trained_shoes_run(cache_dir, tmp_path_factory) -> Path:
     """A short quickstart_shoes run for serving and export tests: 10 steps, one validation, one checkpoint."""
     run_dir = tmp_path_factory.mktemp("shoes_session")
     run_cli("train.py", "experiment=quickstart_shoes", "logger=csv", "trainer.enable_progress_bar=false",
-            "data.batch_size=4", "trainer.max_steps=10", "trainer.val_check_interval=10", "data.limit_val_prompts=4",
+            "data.batch_size=4", "trainer.max_steps=10", "val_every_n_steps=10", "data.limit_val_prompts=4",
             "test=false", f"hydra.run.dir={run_dir}")
     return run_dir

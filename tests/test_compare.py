@@ -273,7 +273,7 @@ def test_sweep_reevaluation_pairs_identical_checkpoints_as_not_significant(train
 def test_compare_a_diffusion_run_with_fid_intervals_and_warning(cache_dir, tmp_path):
     run = tmp_path / "shoes"
     run_cli("train.py", "experiment=quickstart_shoes", "logger=csv", "trainer.enable_progress_bar=false",
-            "data.batch_size=4", "trainer.max_steps=10", "trainer.val_check_interval=5", "test=false",
+            "data.batch_size=4", "trainer.max_steps=10", "val_every_n_steps=5", "test=false",
             f"hydra.run.dir={run}")
     out = tmp_path / "compare"
     run_cli("evaluate.py", f"ckpt={run}", "compare=all", "bootstrap.n_resamples=100", "bootstrap.fid_n_resamples=50",

@@ -39,7 +39,8 @@ def test_reference_experiment_matches_reference_setup(tmp_path):
     assert cfg.model.pretrained == "google/flan-t5-base"
     assert cfg.data.batch_size == 1 and cfg.trainer.accumulate_grad_batches == 16
     assert cfg.trainer.max_epochs == 3
-    assert cfg.trainer.val_check_interval == 200 * 16  # a checkpoint every 200 optimizer steps
+    assert cfg.val_every_n_steps == 200  # a checkpoint every 200 optimizer steps
+    assert cfg.data.limit_train_samples == 3032 * 16  # the reference's 3032 optimizer steps of 16 samples per epoch
 
 
 def test_model_configs_name_their_module_and_source(tmp_path):

@@ -20,7 +20,7 @@ QUICK_SHOES = ["experiment=quickstart_shoes", "logger=csv", "trainer.enable_prog
 def shoes_run(cache_dir, tmp_path_factory) -> Path:
     """A short quickstart_shoes run: 30 steps, validation (images, FID, KID, CLIP) every 10."""
     run_dir = tmp_path_factory.mktemp("shoes")
-    run_cli("train.py", *QUICK_SHOES, "trainer.max_steps=30", "trainer.val_check_interval=10",
+    run_cli("train.py", *QUICK_SHOES, "trainer.max_steps=30", "val_every_n_steps=10",
             f"hydra.run.dir={run_dir}")
     return run_dir
 
@@ -83,7 +83,7 @@ def test_real_image_features_are_computed_once(cache_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(ImageGenerationMetrics, "set_real_images", counting)
     from src.training import train
 
-    cfg = compose_config("train", [*QUICK_SHOES, "trainer.max_steps=10", "trainer.val_check_interval=5",
+    cfg = compose_config("train", [*QUICK_SHOES, "trainer.max_steps=10", "val_every_n_steps=5",
                                    "test=true"], tmp_path)
     train(cfg)  # 2 validations and a test
     assert len(calls) == 1
@@ -125,7 +125,7 @@ def test_resolution_must_fit_the_vae_and_unet(cache_dir, tmp_path):
 
 
 def test_resume_continues_the_step_count(shoes_run, tmp_path):
-    run_cli("train.py", *QUICK_SHOES, "trainer.max_steps=40", "trainer.val_check_interval=10", "test=false",
+    run_cli("train.py", *QUICK_SHOES, "trainer.max_steps=40", "val_every_n_steps=10", "test=false",
             f"ckpt_path={shoes_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}")
     assert read_json(tmp_path / "metrics.json")["training"]["global_step"] == 40
 

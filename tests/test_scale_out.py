@@ -244,7 +244,7 @@ def test_ddp_sim_seq2seq_validates_like_one_process(trained_run, tmp_path):
 def test_ddp_sim_diffusion_shards_prompts_and_matches_one_process(cache_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     run_cli("train.py", "experiment=quickstart_shoes", "logger=csv", "trainer.enable_progress_bar=false",
-            "trainer=ddp_sim", "trainer.max_steps=4", "trainer.val_check_interval=2", "data.limit_val_prompts=5",
+            "trainer=ddp_sim", "trainer.max_steps=4", "val_every_n_steps=2", "data.limit_val_prompts=5",
             "test=false", f"hydra.run.dir={run_dir}")
     report = read_json(run_dir / "metrics.json")
     assert report["training"]["world_size"] == 2 and report["training"]["global_step"] == 4
