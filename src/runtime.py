@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,16 @@ log = logging.getLogger(__name__)
 HALF_PRECISIONS = {"16-mixed", "16-true", "16", "bf16-mixed", "bf16-true", "bf16"}
 
 
+# deprecations raised inside libraries by other libraries' calls (peft → transformers, datasets → pyarrow):
+# nothing a user of this framework can act on, so they stay off the run's console
+LIBRARY_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated", r"`gradient_checkpointing_enable` is deprecated",
+                        r"Specifying null_placement in SortOptions")
+
+
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task(cfg)``; a ``UserError`` becomes one line on stderr and exit status 2."""
+    for message in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     if logging.getLogger().handlers:  # Hydra's handlers already print Lightning's messages once
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()

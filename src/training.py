@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
+    if cfg.get("preflight"):
+        from src.preflight import preflight
+
+        return preflight(cfg)  # exits 2 when it finds a problem
     check_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")

@@ -77,7 +77,7 @@ def train_unigram_tokenizer(texts: Iterator[str], vocab_size: int, model_max_len
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(texts, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_T5, unk_token="<unk>",
+        vocab_size=vocab_size, special_tokens=SPECIAL_T5, unk_token="<unk>", show_progress=False,
         # every printable ASCII character, so prompts and user input outside the corpus stay readable
         initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation)))
     eos_id = tok.token_to_id("</s>")
@@ -113,7 +113,7 @@ def train_byte_bpe_tokenizer(texts: Iterator[str], vocab_size: int, model_max_le
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>", model_max_length=model_max_length)

@@ -1,0 +1,123 @@
+"""Early checks. A *problem* would stop or spoil the run on any machine (exit 2); a *warning* is about this
+machine only (preflight usually runs on a laptop, for a run on a GPU machine)."""
+
+import inspect
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from omegaconf import DictConfig
+
+from src.errors import UserError
+
+GB = 2**30
+
+
+def hardware(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The trainer and quantization checks, first as on a machine with the hardware the config asks for
+    (what fails there is a problem), then on this machine (what fails only here is a warning)."""
+    from src.runtime import check_hardware
+
+    problems, warnings = [], []
+    present = [mock.patch("torch.cuda.is_available", return_value=True),
+               mock.patch("torch.cuda.is_bf16_supported", return_value=True),
+               mock.patch("torch.cuda.device_count", return_value=1024),
+               mock.patch("torch.backends.mps.is_available", return_value=True),
+               mock.patch("importlib.util.find_spec", return_value=object())]
+    try:
+        with ExitStack() as stack:
+            for patch in present:
+                stack.enter_context(patch)
+            check_hardware(cfg)
+    except UserError as err:
+        problems.append(str(err))
+        return problems, warnings
+    try:
+        check_hardware(cfg)
+    except UserError as err:
+        warnings.append(f"on this machine: {err} (fine if the run is for another machine)")
+    return problems, warnings
+
+
+def generation_keys(family: str, generation: dict[str, Any]) -> list[str]:
+    """Keys of ``model.generation`` that the model's generate() / the diffusion pipeline does not take."""
+    if family == "diffusion":
+        from diffusers import StableDiffusionPipeline
+
+        accepted = set(inspect.signature(StableDiffusionPipeline.__call__).parameters)
+        where = "StableDiffusionPipeline.__call__"
+    else:
+        from transformers import GenerationConfig
+
+        accepted = set(GenerationConfig().to_dict())
+        where = "transformers.GenerationConfig"
+    return [f"model.generation.{key} is not an argument of {where} — remove it or fix its name"
+            for key in generation if key not in accepted]
+
+
+def image_metrics(model_cfg: DictConfig) -> list[str]:
+    """Warnings when FID's InceptionV3 or the CLIP model cannot be had on this machine."""
+    from src.metrics.image import inception_status
+
+    warnings = []
+    metrics = model_cfg.get("metrics") or {}
+    extractor = metrics.get("feature_extractor") or {}
+    if extractor.get("kind", "inception") == "inception":
+        status = inception_status(extractor.get("weights_path"))
+        if status:
+            warnings.append(f"on this machine: {status}")
+    clip = metrics.get("clip_model")
+    if isinstance(clip, str) and not _model_available(clip):
+        warnings.append(f"on this machine: CLIP score needs {clip}, which is neither a local directory nor in the "
+                        "Hugging Face cache and the hub is not reachable — download it where the run will happen, "
+                        "or set model.metrics.clip_model to a local directory (or null to skip CLIP score)")
+    return warnings
+
+
+def _model_available(name: str) -> bool:
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(name).expanduser().is_dir():
+        return True
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return True
+    return os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True")
+
+
+def output_dir(path: str, needed_bytes: int) -> list[str]:
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        return [f"the run directory {directory} is not writable ({err.strerror}) — set hydra.run.dir or "
+                "paths.log_dir to a writable place"]
+    free = shutil.disk_usage(directory).free
+    if needed_bytes > free:
+        return [f"the checkpoints to keep need {needed_bytes / GB:.2f} GB and {directory} has {free / GB:.2f} GB "
+                "free — free disk space, or keep fewer (callbacks.model_checkpoint.save_top_k)"]
+    return []
+
+
+def device_memory(trainer_cfg: DictConfig, given_gb: float | None) -> tuple[int | None, str]:
+    """The target device's memory in bytes and where the figure comes from."""
+    if given_gb:
+        return int(float(given_gb) * GB), "preflight_device_memory_gb"
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return int(torch.mps.recommended_max_memory()), "MPS recommended maximum"
+    if accelerator in ("cpu", "auto"):
+        import psutil
+
+        return psutil.virtual_memory().total, "this machine's RAM"
+    return None, f"unknown: no {accelerator} device here (set preflight_device_memory_gb=<GB of the target>)"

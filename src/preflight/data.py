@@ -1,0 +1,178 @@
+"""The data as training would see it: records read, kept and skipped, split sizes, token lengths.
+
+Large files are read through a bounded head sample (the first ``SAMPLE_LINES`` lines of each); counts are
+then scaled by the files' sizes and the summary says so. Token lengths use the model's own tokenizer when
+it is on this machine (a local directory or the Hugging Face cache), else a stand-in trained here on the
+data itself, named in the report.
+"""
+
+import itertools
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, open_dict
+
+from src.errors import UserError
+from src.runtime import instantiate_config
+
+SAMPLE_BYTES = 64 * 2**20  # files above this are sampled
+SAMPLE_LINES = 20_000
+LENGTH_SAMPLE = 2_000      # rows tokenized for the length percentiles
+STANDIN_VOCAB = 8_000
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _head(path: Path, lines: int, into: Path) -> Path:
+    out = into / path.name
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        dst.writelines(itertools.islice(src, lines))
+    return out
+
+
+def sampled_data_config(data_cfg: DictConfig, workdir: Path) -> tuple[DictConfig, float | None]:
+    """``data_cfg`` with every ``*_file`` larger than SAMPLE_BYTES replaced by its head; the scale factor."""
+    sampled = data_cfg.copy()
+    full = part = 0
+    for key, value in data_cfg.items():
+        path = Path(str(value)) if key.endswith("_file") and value else None
+        if path is None or not path.is_file():
+            continue
+        size = path.stat().st_size
+        full += size
+        if size <= SAMPLE_BYTES:
+            part += size
+            continue
+        head = _head(path, SAMPLE_LINES, workdir)
+        part += head.stat().st_size
+        with open_dict(sampled):
+            sampled[key] = str(head)
+    if part == full:
+        return data_cfg, None
+    with open_dict(sampled):
+        sampled.cache_dir = str(workdir / "cache")
+    return sampled, full / part
+
+
+def model_tokenizer(pretrained: str, subfolder: str | None = None):
+    """The model's own tokenizer if it is on this machine, without reaching the network; else None."""
+    from transformers import AutoTokenizer
+
+    try:
+        kwargs = {"subfolder": subfolder} if subfolder else {}
+        return AutoTokenizer.from_pretrained(pretrained, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - absent offline: a stand-in is used and named
+        return None
+
+
+def standin_tokenizer(family: str, texts: list[str]):
+    """A tokenizer of the model's kind trained on the data itself (the real one is not here)."""
+    from src.pretrained.tiny import train_byte_bpe_tokenizer, train_clip_tokenizer, train_unigram_tokenizer
+
+    if family == "seq2seq":
+        return (train_unigram_tokenizer(iter(texts), STANDIN_VOCAB, model_max_length=100_000),
+                f"a SentencePiece-style unigram tokenizer ({STANDIN_VOCAB} pieces) trained on the data")
+    if family == "causal":
+        return (train_byte_bpe_tokenizer(iter(texts), STANDIN_VOCAB, model_max_length=100_000),
+                f"a byte-level BPE tokenizer ({STANDIN_VOCAB} tokens) trained on the data")
+    return (train_clip_tokenizer(iter(texts), num_merges=2000),
+            "a CLIP BPE tokenizer (2000 merges) trained on the captions")
+
+
+def length_stats(lengths: list[int], limit: int | None) -> dict[str, Any]:
+    values = np.asarray(lengths)
+    stats = {f"p{p}": int(np.percentile(values, p)) for p in PERCENTILES}
+    stats.update(max=int(values.max()), mean=round(float(values.mean()), 1))
+    if limit:
+        stats.update(max_length=int(limit), truncated_share=round(float((values > limit).mean()), 4))
+    return stats
+
+
+def _text_lengths(tokenizer, family: str, sources: list[str], targets: list[str]) -> tuple[list[int], list[int]]:
+    if family == "causal":  # the datamodule tokenizes without special tokens, target after a space, plus eos
+        src = [len(ids) for ids in tokenizer(sources, add_special_tokens=False)["input_ids"]]
+        tgt = [len(ids) + 1 for ids in tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]]
+        return src, tgt
+    return ([len(ids) for ids in tokenizer(sources)["input_ids"]],
+            [len(ids) for ids in tokenizer(text_target=targets)["input_ids"]])
+
+
+def plan_text_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="lorafit-preflight-") as tmp:
+        data_cfg, scale = sampled_data_config(cfg.data, Path(tmp))
+        datamodule = instantiate_config(data_cfg, tokenizer=None, encoding=family)
+        pairs = datamodule.load_pairs()
+        skipped = datamodule.skipped()
+        splits = datamodule.split(pairs)
+        hp = datamodule.hparams
+        rows = pairs.select(range(min(LENGTH_SAMPLE, len(pairs))))
+        sources, targets = list(rows["source"]), list(rows["target"])
+
+    factor = scale or 1.0
+    estimate = (lambda n: int(round(n * factor))) if scale else (lambda n: n)
+    limits = {"train": hp.limit_train_samples, "val": hp.limit_val_samples, "test": hp.limit_test_samples}
+    available = {name: estimate(len(part)) for name, part in splits.items()}
+    used = {name: min(n, limits[name]) if limits[name] is not None else n for name, n in available.items()}
+
+    tokenizer = model_tokenizer(pretrained)
+    tokenizer_note = f"the model's own ({pretrained})"
+    if tokenizer is None:
+        tokenizer, tokenizer_note = standin_tokenizer(family, sources + targets)
+        tokenizer_note = f"stand-in: {tokenizer_note} ({pretrained}'s tokenizer is not on this machine)"
+    src, tgt = _text_lengths(tokenizer, family, sources, targets)
+    kept = estimate(len(pairs))
+    return {
+        "records_read": kept + estimate(sum(skipped.values())), "records_kept": kept,
+        "skipped": {reason: estimate(n) for reason, n in sorted(skipped.items())},
+        "sampled": (f"counts scaled from the first {SAMPLE_LINES:,} lines of each large file (x{factor:.1f} by "
+                    "file size); run prepare_data.py for exact counts") if scale else None,
+        "splits_available": available, "splits_used": used,
+        "tokenizer": tokenizer_note, "length_rows": len(src),
+        "source_tokens": length_stats(src, hp.max_source_length),
+        "target_tokens": length_stats(tgt, hp.max_target_length),
+    }
+
+
+def plan_image_data(cfg: DictConfig, pretrained: str) -> dict[str, Any]:
+    datamodule = instantiate_config(cfg.data, tokenizer=None, encoding="diffusion")
+    datamodule.setup()
+    captions = [caption for _, caption in datamodule.train_items]
+    tokenizer = model_tokenizer(pretrained, subfolder="tokenizer")
+    note = f"the model's own ({pretrained})"
+    if tokenizer is None:
+        tokenizer, note = standin_tokenizer("diffusion", captions + datamodule.prompts)
+        note = f"stand-in: {note} ({pretrained}'s tokenizer is not on this machine)"
+    lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
+    hp = datamodule.hparams
+    return {
+        "records_read": len(datamodule.train_items), "records_kept": len(datamodule.train_items), "skipped": {},
+        "sampled": None,
+        "splits_available": {"train": len(datamodule.train_items), "real": len(datamodule.real_paths),
+                             "val_prompts": len(datamodule.prompts)},
+        "splits_used": {"train": len(datamodule.train_items), "val": len(datamodule.prompts),
+                        "test": len(datamodule.prompts)},
+        "resolution": hp.resolution, "tokenizer": note, "length_rows": len(lengths),
+        "caption_tokens": length_stats(lengths, 77),
+    }
+
+
+def plan_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, Any]:
+    if family == "diffusion":
+        return plan_image_data(cfg, pretrained)
+    return plan_text_data(cfg, family, pretrained)
+
+
+def mean_lengths(data: dict[str, Any]) -> tuple[float, float]:
+    """Mean source and target tokens after truncation (for cost estimates)."""
+    def clipped(stats: dict[str, Any]) -> float:
+        return min(stats["mean"], stats.get("max_length") or math.inf)
+    return clipped(data["source_tokens"]), clipped(data["target_tokens"])
+
+
+def require_train_samples(data: dict[str, Any]) -> int:
+    n = data["splits_used"]["train"]
+    if n < 1:
+        raise UserError("no training samples after cleaning and splitting — add data or loosen the filters")
+    return n

@@ -1,0 +1,159 @@
+"""``train.py preflight=true``: the reference recipes checked on the meta device, offline, in seconds."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, compose_config, run_cli
+
+AMAZON_SAMPLE = [f"data.train_file={ROOT}/data/samples/amazon/trn.json",
+                 f"data.test_file={ROOT}/data/samples/amazon/tst.json"]
+# LoRA sizes peft and diffusers count on the real architectures (seen here with get_peft_model / add_adapter,
+# DESIGN.md): r16 on q,v of T5-base; r16 on c_attn,c_proj,c_fc of GPT-2 medium; r4 on the SD 1.5 UNet attention
+REFERENCE_TRAINABLE = {"amazon_flan_t5": 1_769_472, "tarot_ptt5": 1_769_472, "amazon_dialogpt": 6_291_456,
+                       "shoes_sd15": 797_184}
+
+
+def preflight(tmp_path: Path, *overrides: str, check: bool = True):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train.py", *overrides, "preflight=true", f"hydra.run.dir={run_dir}", check=check)
+    report_file = run_dir / "preflight.json"
+    return proc, (json.loads(report_file.read_text()) if report_file.is_file() else None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", sorted(REFERENCE_TRAINABLE))
+def test_reference_experiments_preflight_offline(experiment, cache_dir, tmp_path):
+    data = AMAZON_SAMPLE if experiment.startswith("amazon") else []
+    proc, report = preflight(tmp_path, f"experiment={experiment}", *data)
+    assert report["problems"] == []
+    assert report["model"]["trainable_parameters"] == REFERENCE_TRAINABLE[experiment]
+    assert report["model"]["config_source"] == "bundled copy"  # no hub here
+    schedule = report["schedule"]
+    assert schedule["effective_batch"] == schedule["batch_size"] * schedule["accumulate_grad_batches"]
+    assert schedule["checkpoint_steps"] and all(isinstance(s, int) for s in schedule["checkpoint_steps"])
+    assert 0 < report["memory"]["estimated_peak_bytes"]
+    assert "preflight  passed" in proc.stderr + proc.stdout
+
+
+def test_shoes_sd15_checkpoints_every_500_optimizer_steps(cache_dir, tmp_path):
+    _, report = preflight(tmp_path, "experiment=shoes_sd15")
+    schedule = report["schedule"]
+    assert schedule["accumulate_grad_batches"] == 4
+    assert schedule["checkpoint_steps"] == [500, 1000, 1500, 2000, 2500, 3000]
+    assert schedule["optimizer_steps_total"] == 3000
+    validation = report["validation"]
+    assert validation["rounds"] == 6 and validation["inference_steps"] == 50
+
+
+def test_preflight_json_holds_the_promised_keys(cache_dir, tmp_path):
+    _, report = preflight(tmp_path, "experiment=quickstart")
+    for path in ("model.trainable_parameters", "model.total_parameters", "schedule.effective_batch",
+                 "schedule.optimizer_steps_total", "schedule.checkpoint_steps", "memory.estimated_peak_bytes",
+                 "problems"):
+        node = report
+        for key in path.split("."):
+            node = node[key]
+    data = report["data"]
+    assert data["records_read"] == data["records_kept"] + sum(data["skipped"].values())
+    assert data["source_tokens"]["max_length"] == 128 and 0 <= data["target_tokens"]["truncated_share"] <= 1
+    assert "the model's own" in data["tokenizer"]
+
+
+def test_preflight_reads_no_weights(cache_dir, tmp_path, monkeypatch):
+    """A model directory holding only its config.json and tokenizer preflights: nothing reads weights."""
+    import shutil
+
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", ["experiment=quickstart"], tmp_path)
+    built = Path(instantiate(cfg.model.pretrained))
+    bare = tmp_path / "bare"
+    shutil.copytree(built, bare, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    _, report = preflight(tmp_path, "experiment=quickstart", f"model.pretrained={bare}")
+    assert report["problems"] == [] and report["model"]["config_source"] == "local directory"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+model.generation.num_beam=2"], r"model\.generation\.num_beam is not an argument"),
+    (["trainer.check_val_every_n_epoch=50"], r"no validation falls within the run's 600 optimizer steps"),
+    (["preflight_device_memory_gb=0.001"], r"exceeds the device's 0\.0 GB"),
+    (["model.lora.target_modules=[nope]"], r"LoRA config does not fit"),
+])
+def test_each_problem_is_one_line_and_exit_2(overrides, message, cache_dir, tmp_path):
+    proc, report = preflight(tmp_path, "experiment=quickstart", *overrides, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(report["problems"]) >= 1
+    assert any(re.search(message, line) for line in errors), errors
+
+
+def test_mismatched_model_and_data_fail_preflight_in_one_line(cache_dir, tmp_path):
+    proc, report = preflight(tmp_path, "experiment=quickstart", "model=tiny_sd", check=False)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [f"error: {report['problems'][0]}"]
+
+
+def test_target_hardware_missing_here_is_a_warning_not_a_problem(cache_dir, tmp_path):
+    _, report = preflight(tmp_path, "experiment=tarot_ptt5")  # trainer=gpu, 4-bit: neither is on this machine
+    assert report["problems"] == []
+    assert any("needs a CUDA GPU" in w for w in report["warnings"])
+    assert report["memory"]["quantization"] == "4bit"
+
+
+def test_config_mistakes_are_problems_whatever_the_machine(cache_dir, tmp_path):
+    proc, report = preflight(tmp_path, "experiment=shoes_sd15", "trainer=mps", "trainer.precision=16-mixed",
+                             check=False)
+    assert proc.returncode == 2 and any("not supported on MPS" in p for p in report["problems"])
+
+
+def test_large_files_are_read_through_a_bounded_sample(cache_dir, tmp_path, monkeypatch):
+    from src.preflight import data as preflight_data
+
+    cfg = compose_config("train", ["experiment=quickstart"], tmp_path)
+    full = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
+    monkeypatch.setattr(preflight_data, "SAMPLE_BYTES", 10_000)
+    monkeypatch.setattr(preflight_data, "SAMPLE_LINES", 100)
+    sampled = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
+    assert full["sampled"] is None and full["records_read"] == 602
+    assert "first 100 lines" in sampled["sampled"]
+    # 200 of 602 lines read, scaled by file size: the estimate lands near the true count
+    assert abs(sampled["records_read"] - 602) / 602 < 0.25
+    assert "stand-in" in sampled["tokenizer"]
+
+
+def test_activation_estimate_follows_batch_and_checkpointing(cache_dir, tmp_path):
+    from src.preflight.memory import estimate
+    from src.preflight.model import plan_model
+
+    cfg = compose_config("train", ["experiment=amazon_flan_t5"], tmp_path)
+    data = {"source_tokens": {"max_length": 128, "max": 128}, "target_tokens": {"max_length": 224, "max": 224}}
+    one = estimate(plan_model(cfg.model), cfg, data, gradient_checkpointing=False)
+    cfg.data.batch_size = 4
+    four = estimate(plan_model(cfg.model), cfg, data, gradient_checkpointing=False)
+    recomputed = estimate(plan_model(cfg.model), cfg, data, gradient_checkpointing=True)
+    assert 3.5 < four["activations_bytes"] / one["activations_bytes"] < 4.5
+    assert recomputed["activations_bytes"] < four["activations_bytes"] / 4
+    assert one["base_weights_bytes"] == 4 * (one["base_weights_bytes"] // 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interval", [
+    ["trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null"],  # Lightning's batch count
+    ["val_every_n_steps=2"],                                                   # optimizer steps
+])
+def test_announced_checkpoint_steps_are_the_ones_a_run_writes(interval, cache_dir, tmp_path):
+    """7 batches per epoch with accumulation 3: Lightning steps on each epoch's last batch, so batch-counted
+    validation drifts off step multiples; preflight must announce exactly what the run then writes."""
+    overrides = ["experiment=quickstart", "logger=csv", "trainer.enable_progress_bar=false", "test=false",
+                 "data.limit_train_samples=100", "trainer.accumulate_grad_batches=3", "trainer.max_epochs=3",
+                 "callbacks.model_checkpoint.save_top_k=-1", "data.limit_val_samples=8", *interval]
+    _, report = preflight(tmp_path / "pre", *overrides)
+    announced = report["schedule"]["checkpoint_steps"]
+    run_dir = tmp_path / "train"
+    run_cli("train.py", *overrides, f"hydra.run.dir={run_dir}")
+    written = sorted(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*.ckpt"))
+    assert report["schedule"]["optimizer_steps_per_epoch"] == 3
+    assert written == announced and len(announced) >= 3
