@@ -157,3 +157,33 @@ def test_announced_checkpoint_steps_are_the_ones_a_run_writes(interval, cache_di
     written = sorted(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*.ckpt"))
     assert report["schedule"]["optimizer_steps_per_epoch"] == 3
     assert written == announced and len(announced) >= 3
+
+
+@pytest.mark.parametrize("family,model", [("seq2seq", "tiny_t5"), ("causal", "tiny_gpt2")])
+def test_meta_measurement_equals_the_same_steps_on_real_tensors(family, model, cache_dir, tmp_path):
+    """The memory estimate's premise: meta tensors are allocated and freed where real ones are. (With the same
+    kernels: on meta, scaled_dot_product_attention takes the unfused path, so eager attention on both here.)"""
+    import torch
+    from hydra.utils import instantiate
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from src.preflight.memory import measure_training
+    from src.pretrained.architecture import meta_model
+
+    directory = instantiate(compose_config("train", [f"model={model}"], tmp_path).model.pretrained)
+    auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    task = TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM
+    targets = ["q", "v"] if family == "seq2seq" else ["c_attn"]
+
+    def measured(base, device):
+        model = get_peft_model(base, LoraConfig(r=8, target_modules=targets, task_type=task, lora_dropout=0.1))
+        model.train()
+        ids = torch.ones(4, 40, dtype=torch.long, device=device)
+        return measure_training(model, lambda: model(input_ids=ids, labels=ids).loss)
+
+    meta = meta_model(family, directory)
+    meta.set_attn_implementation("eager")
+    on_meta = measured(meta, "meta")
+    on_cpu = measured(auto.from_pretrained(directory, attn_implementation="eager"), "cpu")
+    assert on_meta == on_cpu and on_meta[0] > 0

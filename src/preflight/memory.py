@@ -1,14 +1,21 @@
-"""Training memory and compute, estimated on the meta device.
+"""Training memory and compute, measured on the meta device.
 
-Activation memory is measured, not guessed: one training forward of the real architecture runs on the
-meta device at the configured batch size and maximum lengths (or resolution) under a saved-tensors hook,
-which adds up every tensor autograd keeps for the backward pass (parameters excluded). The same forward
-under ``FlopCounterMode`` gives its FLOPs.
+Nothing is guessed per architecture: two training steps of the real architecture (forward, backward, AdamW
+step) run on the meta device at the configured batch size and maximum lengths (or resolution) while a
+dispatch mode follows every tensor the steps create until it is freed. Its high-water mark is what a
+caching allocator must hold beyond the weights: activations saved for the backward pass, the transients of
+forward and backward, LoRA gradients and AdamW states. Meta tensors are freed exactly where real ones are
+(the same measurement on real CPU tensors gave the same bytes; README "Preflight"). The first forward,
+under ``FlopCounterMode``, gives the FLOPs.
 """
 
+import weakref
+from functools import partial
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.preflight.model import ModelPlan
@@ -18,46 +25,70 @@ QUANTIZED_BYTES = {"4bit": 0.5 + 0.016, "8bit": 1.0 + 0.016}  # + block constant
 ADAPTER_BYTES = 4 + 4 + 8  # fp32 weight, its gradient, AdamW's two moments
 
 
-def _storage_key(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage()._cdata
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensor storages created inside the mode and still alive, and their high-water mark."""
+
+    def __init__(self, existing: list[torch.Tensor]):
+        """``existing``: tensors allocated before (weights), whose in-place updates allocate nothing."""
+        super().__init__()
+        self.live = self.peak = 0
+        self._known = {t.untyped_storage()._cdata for t in existing}
+        self._sizes: dict[int, int] = {}
+        self._refs: dict[int, weakref.ref] = {}
+
+    def _freed(self, key: int, _ref) -> None:
+        self.live -= self._sizes.pop(key, 0)
+        self._refs.pop(key, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and not tensor._is_view():  # a view allocates nothing
+                storage = tensor.untyped_storage()
+                key = storage._cdata
+                if key not in self._sizes and key not in self._known:  # a new storage (not an in-place result)
+                    self._sizes[key] = storage.nbytes()
+                    self.live += self._sizes[key]
+                    self.peak = max(self.peak, self.live)
+                    self._refs[key] = weakref.ref(storage, partial(self._freed, key))
+        return out
 
 
-def measure_forward(module: torch.nn.Module, forward) -> tuple[int, int]:
-    """(bytes autograd saves for the backward pass, FLOPs) of one forward on the meta device."""
-    own = {_storage_key(t) for t in [*module.parameters(), *module.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(tensor)
-        if key not in own:
-            saved[key] = tensor.untyped_storage().nbytes()
-        return tensor
-
+def measure_training(module: torch.nn.Module, loss_fn) -> tuple[int, int]:
+    """(peak bytes beyond the weights over two AdamW steps, FLOPs of one forward) on the meta device."""
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad])
     counter = FlopCounterMode(display=False)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), counter:
-        forward()
-    return sum(saved.values()), counter.get_total_flops()
+    with LiveTensorBytes([*module.parameters(), *module.buffers()]) as live:
+        for step in range(2):  # the second step holds the AdamW states the first one created
+            with counter if step == 0 else torch.enable_grad():
+                loss = loss_fn()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            del loss
+    return live.peak, counter.get_total_flops()
 
 
 def _meta(*shape: int, dtype=torch.long) -> torch.Tensor:
     return torch.zeros(*shape, dtype=dtype, device="meta")
 
 
-def text_forward(plan: ModelPlan, batch: int, source: int, target: int):
+def text_loss(plan: ModelPlan, batch: int, source: int, target: int):
     model = plan.network
     if plan.family == "seq2seq":
         # no attention mask: on meta, the mask helpers would read its values (all ones: same memory)
-        return lambda: model(input_ids=_meta(batch, source), labels=_meta(batch, target))
+        return lambda: model(input_ids=_meta(batch, source), labels=_meta(batch, target)).loss
     ids = _meta(batch, source + target)
-    return lambda: model(input_ids=ids, labels=ids)
+    return lambda: model(input_ids=ids, labels=ids).loss
 
 
-def unet_forward(plan: ModelPlan, batch: int, resolution: int):
+def unet_loss(plan: ModelPlan, batch: int, resolution: int):
+    """The UNet's denoising loss; the VAE and text encoder run without gradients, as in training."""
     unet, config = plan.network, plan.network.config
     side = resolution // 8  # the SD VAE downsamples 8x
     latents = _meta(batch, config.in_channels, side, side, dtype=torch.float32)
     text = _meta(batch, 77, config.cross_attention_dim, dtype=torch.float32)
-    return lambda: unet(latents, _meta(batch), text)
+    return lambda: torch.nn.functional.mse_loss(unet(latents, _meta(batch), text).sample, latents)
 
 
 def quantized_base_bytes(plan: ModelPlan, mode: str) -> int:
@@ -88,7 +119,7 @@ def estimate(plan: ModelPlan, cfg, data: dict[str, Any], gradient_checkpointing:
         if gradient_checkpointing:
             network.enable_gradient_checkpointing()
         resolution = int(data["resolution"])
-        forward = unet_forward(plan, batch, resolution)
+        loss_fn = unet_loss(plan, batch, resolution)
         shape = {"batch": batch, "resolution": resolution}
     else:
         if gradient_checkpointing:
@@ -97,22 +128,24 @@ def estimate(plan: ModelPlan, cfg, data: dict[str, Any], gradient_checkpointing:
             base.enable_input_require_grads()
         source = int(data["source_tokens"].get("max_length") or data["source_tokens"]["max"])
         target = int(data["target_tokens"].get("max_length") or data["target_tokens"]["max"])
-        forward = text_forward(plan, batch, source, target)
+        loss_fn = text_loss(plan, batch, source, target)
         shape = {"batch": batch, "source_tokens": source, "target_tokens": target}
-    activations, flops = measure_forward(network, forward)
-    if precision in HALF:  # autocast keeps most saved activations in 16 bits
+    step_bytes, flops = measure_training(network, loss_fn)
+    adapter_bytes = ADAPTER_BYTES * plan.trainable  # LoRA weights; their gradients and AdamW states
+    activations = max(0, step_bytes - (adapter_bytes - 4 * plan.trainable))  # activations and transients
+    if precision in HALF:  # autocast computes, and so keeps, most activations in 16 bits
         activations //= 2
     if plan.family == "diffusion" or not quantization:
         base_bytes = 4 * (plan.total - plan.trainable)  # frozen weights stay float32 (mixed precision too)
     else:
         base_bytes = quantized_base_bytes(plan, quantization)
-    adapter_bytes = ADAPTER_BYTES * plan.trainable
     peak = base_bytes + adapter_bytes + activations
     return {
         "precision": precision, "quantization": quantization, "gradient_checkpointing": gradient_checkpointing,
         "activation_shape": shape, "base_weights_bytes": base_bytes, "adapter_and_optimizer_bytes": adapter_bytes,
         "activations_bytes": activations, "estimated_peak_bytes": peak, "forward_flops_per_batch": flops,
         "counts": ("frozen base weights (float32, or k-bit where quantized), LoRA weights + gradients + AdamW "
-                   "states (float32), activations saved for the backward pass at the maximum lengths; "
-                   "not counted: the CUDA context (~0.3-1 GB) and allocator fragmentation"),
+                   "states (float32), and the high-water mark of activations and transients over two training "
+                   "steps at the maximum lengths (halved for 16-bit mixed precision); not counted: the CUDA "
+                   "context (~0.3-1 GB) and allocator fragmentation"),
     }
