@@ -79,7 +79,7 @@ def test_preflight_reads_no_weights(cache_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides,message", [
     (["+model.generation.num_beam=2"], r"model\.generation\.num_beam is not an argument"),
     (["trainer.check_val_every_n_epoch=50"], r"no validation falls within the run's 600 optimizer steps"),
-    (["preflight_device_memory_gb=0.001"], r"exceeds the device's 0\.0 GB"),
+    (["preflight_device_memory_gb=0.001"], r"exceeds the device's 0\.0 GiB"),
     (["model.lora.target_modules=[nope]"], r"LoRA config does not fit"),
 ])
 def test_each_problem_is_one_line_and_exit_2(overrides, message, cache_dir, tmp_path):

@@ -89,8 +89,8 @@ def preflight(cfg: DictConfig) -> None:
         use = memory["estimated_peak_bytes"] / device_bytes
         memory["device_share"] = round(use, 3)
         if use > 1.0:
-            problems.append(f"the estimated training peak, {memory['estimated_peak_bytes'] / 2**30:.1f} GB, exceeds "
-                            f"the device's {device_bytes / 2**30:.1f} GB ({device_source}) — lower data.batch_size "
+            problems.append(f"the estimated training peak, {memory['estimated_peak_bytes'] / 2**30:.1f} GiB, exceeds "
+                            f"the device's {device_bytes / 2**30:.1f} GiB ({device_source}) — lower data.batch_size "
                             "(raise trainer.accumulate_grad_batches), shorten max lengths, or set "
                             "model.gradient_checkpointing=true")
         elif use > 0.9:

@@ -102,7 +102,7 @@ def output_dir(path: str, needed_bytes: int) -> list[str]:
                 "paths.log_dir to a writable place"]
     free = shutil.disk_usage(directory).free
     if needed_bytes > free:
-        return [f"the checkpoints to keep need {needed_bytes / GB:.2f} GB and {directory} has {free / GB:.2f} GB "
+        return [f"the checkpoints to keep need {needed_bytes / GB:.2f} GiB and {directory} has {free / GB:.2f} GiB "
                 "free — free disk space, or keep fewer (callbacks.model_checkpoint.save_top_k)"]
     return []
 

@@ -56,9 +56,9 @@ def summary(report: dict[str, Any]) -> str:
                      f"{validation['validation_share_by_flops']:.1%} of the run's FLOPs (more of its time)")
     if memory := report.get("memory"):
         device = memory.get("device_memory_bytes")
-        against = (f" of {device / GB:.1f} GB ({memory['device_memory_source']})" if device
+        against = (f" of {device / GB:.1f} GiB ({memory['device_memory_source']})" if device
                    else f"; device memory {memory['device_memory_source']}")
-        lines.append(f"memory     ~{memory['estimated_peak_bytes'] / GB:.2f} GB{against}: base "
+        lines.append(f"memory     ~{memory['estimated_peak_bytes'] / GB:.2f} GiB{against}: base "
                      f"{memory['base_weights_bytes'] / GB:.2f}, LoRA+AdamW {memory['adapter_and_optimizer_bytes'] / GB:.2f}, "
                      f"activations {memory['activations_bytes'] / GB:.2f} ({memory['precision']}"
                      f"{', ' + memory['quantization'] if memory['quantization'] else ''})")
