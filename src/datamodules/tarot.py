@@ -76,7 +76,7 @@ class TarotDataModule(TextPairDataModule):
             ds = datasets.load_dataset(fmt, data_files=str(self.data_file), split="train", cache_dir=self.cache_dir)
         except Exception as err:  # pyarrow's parse errors name the problem but not our file
             raise UserError(f"cannot read {self.data_file}: {str(err).splitlines()[0]}") from err
-        cols = self.columns
+        cols, file_name = self.columns, self.data_file.name  # not self: datasets' fingerprint would pickle the trainer
         for field in ("card", "reading"):
             if cols[field] not in ds.column_names:
                 raise UserError(f"{self.data_file} has no column '{cols[field]}' for the {field} (columns: "
@@ -85,7 +85,7 @@ class TarotDataModule(TextPairDataModule):
         def canonical(batch: dict[str, list], idx: list[int]) -> dict[str, list]:
             n = len(idx)
             question = batch[cols["question"]] if cols["question"] in batch else [None] * n
-            uid = batch[cols["id"]] if cols["id"] in batch else [f"{self.data_file.name}:{i + 1}" for i in idx]
+            uid = batch[cols["id"]] if cols["id"] in batch else [f"{file_name}:{i + 1}" for i in idx]
             return {"uid": [str(u) for u in uid],
                     "card": [" ".join(str(c or "").split()) for c in batch[cols["card"]]],
                     "question": [" ".join(str(q or "").split()) for q in question],
