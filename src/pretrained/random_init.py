@@ -55,49 +55,44 @@ def _require_corpus(corpus_files: list[str] | None, builder: str) -> list[str]:
 
 def random_seq2seq(cache_dir: str, name: str, corpus_files: list[str], vocab_size: int = 1000, seed: int = 0) -> str:
     """Directory of ``name`` (e.g. google/flan-t5-base) at random init with a locally trained T5 tokenizer."""
-    corpus_files = _require_corpus(corpus_files, "random_seq2seq")
-    config = _bundled(name)
-    spec = dict(name=name, config=config, vocab_size=vocab_size, seed=seed, version=2)
-
-    def build(out: Path) -> None:
-        from transformers import AutoModelForSeq2SeqLM
-
-        tokenizer = train_unigram_tokenizer(iter_corpus(corpus_files), vocab_size,
-                                            model_max_length=config.get("n_positions", 512))
-        _check_fits(tokenizer, config["vocab_size"], name)
-        ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                   decoder_start_token_id=tokenizer.pad_token_id)
-        model_config = hf_config({**config, **ids}, name)
-
-        def model():
-            built = AutoModelForSeq2SeqLM.from_config(model_config)
-            # FLAN-T5 has an lm_head of its own. N(0, d_model^-0.5) starts its logits at unit scale (first loss
-            # ~ ln(vocab)); T5's own N(0, 1) for an untied head would start the loss near 160
-            untie_output_embeddings(built, config, init_std=config["d_model"] ** -0.5)
-            return built
-
-        _seeded(seed, model).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-
-    return cached_build(cache_dir, _slug(name), spec, corpus_files, build)
+    return _random_text(cache_dir, name, "seq2seq", _require_corpus(corpus_files, "random_seq2seq"), vocab_size, seed)
 
 
 def random_causal(cache_dir: str, name: str = "microsoft/DialoGPT-medium", corpus_files: list[str] | None = None,
                   vocab_size: int = 1000, seed: int = 0) -> str:
     """Directory of ``name`` (GPT-2 medium for DialoGPT) at random init with a locally trained byte-level BPE."""
-    corpus_files = _require_corpus(corpus_files, "random_causal")
+    return _random_text(cache_dir, name, "causal", _require_corpus(corpus_files, "random_causal"), vocab_size, seed)
+
+
+def _random_text(cache_dir: str, name: str, family: str, corpus_files: list[str], vocab_size: int, seed: int) -> str:
+    """What the two text families share; they differ in their tokenizer and the special ids it dictates."""
     config = _bundled(name)
-    spec = dict(name=name, config=config, vocab_size=vocab_size, seed=seed, version=1)
+    spec = dict(name=name, config=config, vocab_size=vocab_size, seed=seed, version=2 if family == "seq2seq" else 1)
 
     def build(out: Path) -> None:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-        tokenizer = train_byte_bpe_tokenizer(iter_corpus(corpus_files), vocab_size,
-                                             model_max_length=config.get("n_positions", 1024))
+        if family == "seq2seq":
+            tokenizer = train_unigram_tokenizer(iter_corpus(corpus_files), vocab_size,
+                                                model_max_length=config.get("n_positions", 512))
+            ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       decoder_start_token_id=tokenizer.pad_token_id)
+        else:
+            tokenizer = train_byte_bpe_tokenizer(iter_corpus(corpus_files), vocab_size,
+                                                 model_max_length=config.get("n_positions", 1024))
+            ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         _check_fits(tokenizer, config["vocab_size"], name)
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         model_config = hf_config({**config, **ids}, name)
-        _seeded(seed, lambda: AutoModelForCausalLM.from_config(model_config)).save_pretrained(out)
+        auto_class = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+
+        def model():
+            built = auto_class.from_config(model_config)
+            # FLAN-T5 has an lm_head of its own. N(0, d_model^-0.5) starts its logits at unit scale (first loss
+            # ~ ln(vocab)); T5's own N(0, 1) for an untied head would start the loss near 160
+            untie_output_embeddings(built, config, init_std=config.get("d_model", 1) ** -0.5)
+            return built
+
+        _seeded(seed, model).save_pretrained(out)
         tokenizer.save_pretrained(out)
 
     return cached_build(cache_dir, _slug(name), spec, corpus_files, build)
