@@ -2,6 +2,7 @@
 machine only (preflight usually runs on a laptop, for a run on a GPU machine)."""
 
 import inspect
+import os
 import shutil
 import tempfile
 from contextlib import ExitStack
@@ -79,8 +80,6 @@ def image_metrics(model_cfg: DictConfig) -> list[str]:
 
 
 def _model_available(name: str) -> bool:
-    import os
-
     from huggingface_hub import try_to_load_from_cache
 
     if Path(name).expanduser().is_dir():

@@ -5,7 +5,7 @@ cache, the hub, or the bundled copy of a published config) and lives on the meta
 """
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,8 +27,6 @@ class ModelPlan:
     total: int
     lora_modules: dict[str, int]
     network: torch.nn.Module  # what trains: the peft-wrapped text model, or the UNet with its adapter
-    frozen_parts: dict[str, torch.nn.Module] = field(default_factory=dict)  # diffusion: vae, text_encoder
-    config: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         return {"family": self.family, "pretrained": self.pretrained, "config_source": self.config_source,
@@ -62,7 +60,7 @@ def plan_model(model_cfg: DictConfig) -> ModelPlan:
     lora = instantiate(model_cfg.lora)
     if family == "diffusion":
         return _plan_diffusion(pretrained, lora)
-    config, source = architecture_config(pretrained)
+    source = architecture_config(pretrained)[1]
     lora.task_type = cls.task_type
     try:
         network = get_peft_model(meta_model(family, pretrained), lora)
@@ -71,12 +69,11 @@ def plan_model(model_cfg: DictConfig) -> ModelPlan:
                         "model.lora.target_modules to module names of this model") from err
     trainable, total = network.get_nb_trainable_parameters()  # peft's own count, as training logs it
     kinds = Counter(_module_kind(n) for n in network.base_model.targeted_module_names)
-    return ModelPlan(family, pretrained, source, trainable, total, dict(sorted(kinds.items())), network,
-                     config=config)
+    return ModelPlan(family, pretrained, source, trainable, total, dict(sorted(kinds.items())), network)
 
 
 def _plan_diffusion(pretrained: str, lora) -> ModelPlan:
-    config, source = architecture_config(pretrained, subfolder="unet")
+    source = architecture_config(pretrained, subfolder="unet")[1]
     parts = meta_model("diffusion", pretrained)
     unet = parts.unet
     for frozen in (parts.text_encoder, parts.vae, unet):
@@ -91,5 +88,4 @@ def _plan_diffusion(pretrained: str, lora) -> ModelPlan:
     # what the LightningModule holds, as its own count (and the run's log) reports it
     total = sum(p.numel() for m in (unet, parts.vae, parts.text_encoder) for p in m.parameters())
     kinds = Counter(_module_kind(n) for n in modules)
-    return ModelPlan("diffusion", pretrained, source, trainable, total, dict(sorted(kinds.items())), unet,
-                     {"vae": parts.vae, "text_encoder": parts.text_encoder}, config)
+    return ModelPlan("diffusion", pretrained, source, trainable, total, dict(sorted(kinds.items())), unet)
