@@ -187,3 +187,48 @@ def test_meta_measurement_equals_the_same_steps_on_real_tensors(family, model, c
     on_meta = measured(meta, "meta")
     on_cpu = measured(auto.from_pretrained(directory, attn_implementation="eager"), "cpu")
     assert on_meta == on_cpu and on_meta[0] > 0
+
+
+def schedule_for(tmp_path, *overrides: str, samples: int = 80) -> dict:
+    from src.preflight.schedule import plan_schedule
+
+    cfg = compose_config("train", ["experiment=quickstart", "trainer.max_epochs=2", "data.batch_size=8", *overrides],
+                         tmp_path)
+    return plan_schedule(cfg, samples)
+
+
+def test_schedule_counts_devices_as_lightning_does(tmp_path):
+    assert schedule_for(tmp_path, "trainer.devices=-1")["devices"] == 1  # every device of this CPU machine
+    assert schedule_for(tmp_path, "trainer.devices='0,1'")["devices"] == 2
+    two = schedule_for(tmp_path, "trainer=ddp_sim")
+    assert two["effective_batch"] == 16 and two["batches_per_epoch_per_process"] == 5
+
+
+def test_schedule_never_announces_a_checkpoint_at_step_0_but_counts_every_round(tmp_path):
+    # 10 batches, accumulation 4 (steps after batches 4, 8, 10), validation every 2 batches: a round at step 0
+    plan = schedule_for(tmp_path, "trainer.accumulate_grad_batches=4", "trainer.val_check_interval=2",
+                        "trainer.max_epochs=1")
+    assert plan["validation_steps"] == [0, 1, 1, 2, 3]
+    assert plan["checkpoint_steps"] == [1, 2, 3]
+
+
+def test_schedule_takes_every_interval_lightning_takes(tmp_path):
+    from src.errors import UserError
+
+    assert schedule_for(tmp_path, "trainer.val_check_interval=null")["checkpoint_steps"] == [10, 20]
+    timed = schedule_for(tmp_path, "trainer.val_check_interval='00:00:30:00'")
+    assert timed["checkpoint_steps"] == [] and "wall time" in timed["notes"][0]
+    assert schedule_for(tmp_path, "+trainer.limit_val_batches=0")["checkpoint_steps"] == []
+    with pytest.raises(UserError, match="longer than an epoch of 10"):
+        schedule_for(tmp_path, "trainer.val_check_interval=50")
+    with pytest.raises(UserError, match="val_every_n_steps=-5 is not a positive number"):
+        schedule_for(tmp_path, "val_every_n_steps=-5")
+
+
+def test_quantized_weights_count_tied_embeddings_once(cache_dir, tmp_path, monkeypatch):
+    from src.preflight import memory
+    from src.preflight.model import plan_model
+
+    plan = plan_model(compose_config("train", ["experiment=quickstart_causal"], tmp_path).model)  # GPT-2: tied
+    monkeypatch.setitem(memory.QUANTIZED_BYTES, "4bit", 4)  # "quantized" at full size: must equal the plain count
+    assert memory.quantized_base_bytes(plan, "4bit") == 4 * (plan.total - plan.trainable)

@@ -100,9 +100,10 @@ def preflight(cfg: DictConfig) -> None:
 
     if schedule is not None:
         report["validation"] = validation_cost(plan, cfg, data, schedule, memory)
-        if not schedule["validation_steps"]:
+        if not schedule["checkpoint_steps"] and not schedule["notes"]:
             problems.append(f"no validation falls within the run's {schedule['optimizer_steps_total']} optimizer "
-                            "steps, so no checkpoint would be kept — lower val_every_n_steps or train longer")
+                            "steps, so no checkpoint would be kept — validate more often (val_every_n_steps=N, or "
+                            "trainer.check_val_every_n_epoch / val_check_interval) or train longer")
         checkpoint_bytes = plan.trainable * (4 + 8) + ADAPTER_CHECKPOINT_OVERHEAD  # weights + AdamW moments
         schedule["checkpoint_bytes"] = checkpoint_bytes
         kept = schedule["checkpoints_kept"] + 1  # and last.ckpt

@@ -28,7 +28,8 @@ def hardware(cfg: DictConfig) -> tuple[list[str], list[str]]:
                mock.patch("torch.cuda.is_bf16_supported", return_value=True),
                mock.patch("torch.cuda.device_count", return_value=1024),
                mock.patch("torch.backends.mps.is_available", return_value=True),
-               mock.patch("importlib.util.find_spec", return_value=object())]
+               mock.patch("importlib.util.find_spec", return_value=object()),
+               mock.patch("src.distributed.detected_cluster", return_value="torchrun")]
     try:
         with ExitStack() as stack:
             for patch in present:

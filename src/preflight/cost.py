@@ -25,14 +25,16 @@ def validation_cost(plan: ModelPlan, cfg, data: dict[str, Any], schedule: dict[s
     forward = memory["forward_flops_per_batch"]  # one training batch, at the maximum lengths / resolution
     batch = schedule["batch_size"]
     recompute = 1 if memory["gradient_checkpointing"] else 0
-    val = data["splits_used"]["val"]
+    # validation is sharded across processes without repeats; training FLOPs are per process too
+    samples = data["splits_used"]["val"]
+    val = -(-samples // (schedule["devices"] * schedule["num_nodes"]))
     if plan.family == "diffusion":
         steps = int(generation.get("num_inference_steps", 30))
         guided = 2 if float(generation.get("guidance_scale", 7.5)) > 1 else 1  # classifier-free guidance
         train_step = forward * (2 + recompute) * schedule["accumulate_grad_batches"]
         per_round = forward / batch * val * steps * guided
-        size = {"prompts": val, "images_per_prompt": 1, "inference_steps": steps,
-                "unet_forwards_per_round": val * steps * guided}
+        size = {"prompts": samples, "images_per_prompt": 1, "inference_steps": steps,
+                "unet_forwards_per_round": samples * steps * guided}
     else:
         shape = memory["activation_shape"]
         src, tgt = data["source_tokens"]["mean"], data["target_tokens"]["mean"]
@@ -43,8 +45,8 @@ def validation_cost(plan: ModelPlan, cfg, data: dict[str, Any], schedule: dict[s
         new_tokens = int(generation.get("max_new_tokens", 20))
         generate = 2 * _generating_parameters(plan) * val * beams * new_tokens
         per_round = per_sample * val + generate  # the teacher-forced val/loss, then generation
-        size = {"samples": val, "beams": beams, "max_new_tokens": new_tokens,
-                "generated_tokens_per_round": val * beams * new_tokens}
+        size = {"samples": samples, "beams": beams, "max_new_tokens": new_tokens,
+                "generated_tokens_per_round": samples * beams * new_tokens}
     train_total = train_step * schedule["optimizer_steps_total"]
     val_total = per_round * rounds
     share = val_total / (train_total + val_total) if train_total + val_total else 0.0

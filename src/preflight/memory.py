@@ -98,11 +98,12 @@ def quantized_base_bytes(plan: ModelPlan, mode: str) -> int:
 
     base = plan.network.get_base_model()
     keep = set(getattr(base, "_keep_in_fp32_modules", None) or [])
-    total = 0.0
+    total, seen = 0.0, set()
     for name, module in base.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            if p.requires_grad:
+            if p.requires_grad or id(p) in seen:  # tied weights (embeddings and LM head) are held once
                 continue
+            seen.add(id(p))
             quantized = (isinstance(module, (torch.nn.Linear, Conv1D)) and pname == "weight"
                          and "lm_head" not in name and not keep & set(name.split(".")) and "lora_" not in name)
             total += p.numel() * (QUANTIZED_BYTES[mode] if quantized else 4)
