@@ -2,7 +2,6 @@
 machine only (preflight usually runs on a laptop, for a run on a GPU machine)."""
 
 import inspect
-import os
 import shutil
 import tempfile
 from contextlib import ExitStack
@@ -81,14 +80,11 @@ def image_metrics(model_cfg: DictConfig) -> list[str]:
 
 
 def _model_available(name: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+    """A local directory, in the Hugging Face cache (as serving judges it), or a hub that may be reached."""
+    from src.pretrained.architecture import hub_offline
+    from src.serving.bases import available_offline
 
-    if Path(name).expanduser().is_dir():
-        return True
-    cached = try_to_load_from_cache(name, "config.json")
-    if isinstance(cached, str):
-        return True
-    return os.environ.get("HF_HUB_OFFLINE") not in ("1", "true", "True")
+    return available_offline(name, "clip") or not hub_offline()
 
 
 def output_dir(path: str, needed_bytes: int) -> list[str]:

@@ -58,12 +58,11 @@ def sampled_data_config(data_cfg: DictConfig, workdir: Path) -> tuple[DictConfig
 
 def model_tokenizer(pretrained: str, subfolder: str | None = None):
     """The model's own tokenizer if it is on this machine, without reaching the network; else None."""
-    from transformers import AutoTokenizer
+    from src.pretrained.loading import load_tokenizer
 
     try:
-        kwargs = {"subfolder": subfolder} if subfolder else {}
-        return AutoTokenizer.from_pretrained(pretrained, local_files_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - absent offline: a stand-in is used and named
+        return load_tokenizer(pretrained, local_files_only=True, **({"subfolder": subfolder} if subfolder else {}))
+    except UserError:  # absent offline: a stand-in is used and named
         return None
 
 

@@ -37,7 +37,8 @@ def _config_files(subfolder: str | None) -> list[str]:
     return CONFIG_FILES.get(Path(subfolder).name, ["config.json"])
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
     from huggingface_hub import constants
 
     flags = (os.environ.get(name, "").upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -135,14 +136,14 @@ def architecture_config(pretrained: str, subfolder: str | None = None) -> tuple[
     config = _from_cache(pretrained, subfolder)
     if config is not None:
         return config, "Hugging Face cache"
-    if not _offline():
+    if not hub_offline():
         config = _from_hub(pretrained, subfolder)
         if config is not None:
             return config, "hub"
     config = bundled_config(pretrained, subfolder)
     if config is not None:
         return config, "bundled copy"
-    hub = "HF_HUB_OFFLINE=1 is set" if _offline() else "the hub did not answer"
+    hub = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the hub did not answer"
     raise UserError(f"no config found for model '{where}' (not a local directory, not in the Hugging Face cache, "
                     f"{hub}, no bundled copy) — pass a local model directory, or run where the hub is reachable")
 
