@@ -1,34 +1,45 @@
 """ROUGE-L F-measure (0–1) and corpus BLEU on sacreBLEU's 0–100 scale, as torchmetrics metrics, plus
 what bootstrap intervals need: sentence ROUGE-L per prediction and corpus BLEU over resampled sentences.
 
+Both equal their reference implementations (tests/test_metric_references.py): BLEU is sacreBLEU's default
+``corpus_bleu`` (13a tokenization, exponential smoothing); ROUGE-L is Google's rouge-score ``rougeL`` averaged
+F-measure, except that words in any script count whole (see :func:`unicode_normalizer`).
+
 >>> m = TextGenerationMetrics()
 >>> m.update(["a red running shoe"], ["a red running shoe with laces"])
 >>> {k: round(float(v), 3) for k, v in m.compute().items()}
 {'bleu': 60.653, 'rougeL': 0.8}
 """
 
+import functools
 import re
+import unicodedata
 
 import numpy as np
 import torch
 from sacrebleu.metrics import BLEU
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.functional.text import rouge_score
-from torchmetrics.text import ROUGEScore, SacreBLEUScore
+from torchmetrics.text import ROUGEScore
 
 from src.distributed import concatenate_list_states
 
 _NON_WORD = re.compile(r"[\W_]+")
+# sacreBLEU's per-sentence sufficient statistics: hypothesis and reference lengths, then matched and total n-grams
+# for n = 1..4. Summing them over sentences and scoring the sum is how sacreBLEU computes corpus BLEU.
+_BLEU_ORDER = 4
+_BLEU_STATS = 2 + 2 * _BLEU_ORDER
 
 
 def unicode_normalizer(text: str) -> str:
-    """Lower-case and keep word characters of any script (the default keeps only a-z0-9,
-    which would make "coração" and "ação" share tokens).
+    """NFKC, lower case, and keep word characters of any script. rouge-score's default keeps only a-z0-9,
+    which splits "coração" into "cora" + "o" (fragments that then match across unrelated words); NFKC makes a
+    decomposed "ç" (c + combining cedilla) one character, so it does not split words either.
 
     >>> unicode_normalizer("Coração, ação!")
     'coração ação'
     """
-    return _NON_WORD.sub(" ", text.lower()).strip()
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
 
 
 class RougeL(ROUGEScore):
@@ -45,14 +56,47 @@ class RougeL(ROUGEScore):
         return super().compute()["rougeL_fmeasure"]
 
 
-class CorpusBLEU(SacreBLEUScore):
-    """Corpus BLEU (13a tokenization, one reference per sample) reported on the 0–100 scale."""
+@functools.cache
+def _bleu_scorer() -> BLEU:
+    """Stateless when references are passed: one instance serves every call (and every bootstrap resample)."""
+    return BLEU(tokenize="13a", smooth_method="exp")  # sacrebleu.corpus_bleu's defaults
+
+
+def bleu_statistics(preds: list[str], targets: list[str]) -> np.ndarray:
+    """sacreBLEU's sufficient statistics per (prediction, reference) pair: int64 ``[n, 10]``."""
+    if len(preds) != len(targets):
+        raise ValueError(f"BLEU: {len(preds)} predictions but {len(targets)} references")
+    if not len(preds):
+        return np.zeros((0, _BLEU_STATS), dtype=np.int64)
+    stats = _bleu_scorer()._extract_corpus_statistics(list(preds), [list(targets)])
+    return np.asarray(stats, dtype=np.int64).reshape(len(preds), _BLEU_STATS)
+
+
+def bleu_from_statistics(stats) -> float:
+    """Corpus BLEU (0–100) from summed :func:`bleu_statistics`, as ``sacrebleu.corpus_bleu`` scores them."""
+    return float(_bleu_scorer()._compute_score_from_stats([int(s) for s in stats]).score)
+
+
+class CorpusBLEU(Metric):
+    """Corpus BLEU on the 0–100 scale, one reference per sample, equal to ``sacrebleu.corpus_bleu(preds,
+    [targets])``: 13a tokenization and exponential smoothing (torchmetrics' ``SacreBLEUScore`` has no exponential
+    smoothing, so a corpus without a matching 4-gram scored exactly 0 there). The state is sacreBLEU's summed
+    n-gram statistics, which sum across processes."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("stats", torch.zeros(_BLEU_STATS, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: list[str], target: list[str]) -> None:
-        super().update(preds, [[t] for t in target])
+        counts = bleu_statistics(preds, target).sum(axis=0)
+        self.stats += torch.as_tensor(counts, dtype=torch.long, device=self.stats.device)
 
     def compute(self) -> torch.Tensor:
-        return super().compute() * 100
+        return torch.tensor(bleu_from_statistics(self.stats.tolist()), dtype=torch.float32, device=self.stats.device)
 
 
 class TextGenerationMetrics(MetricCollection):
@@ -73,8 +117,8 @@ def sentence_rouge_l(preds: list[str], targets: list[str]) -> list[float]:
 
 
 def corpus_bleu_statistic(preds: list[str], targets: list[str]):
-    """A bootstrap statistic: corpus BLEU (0–100) of the sentences at the given indices, recomputed by
-    sacreBLEU from per-sentence n-gram counts (the same 13a tokenization and no smoothing as ``CorpusBLEU``).
+    """A bootstrap statistic: corpus BLEU (0–100) of the sentences at the given indices, recomputed from
+    per-sentence statistics (the same 13a tokenization and exponential smoothing as ``CorpusBLEU``).
 
     >>> preds = ["a red running shoe", "a blue leather boot"]
     >>> refs = ["a red running shoe with laces", "a blue leather boot"]
@@ -84,6 +128,5 @@ def corpus_bleu_statistic(preds: list[str], targets: list[str]):
     >>> round(bleu(np.arange(2)), 3) == round(float(corpus.compute()), 3), round(bleu(np.array([1, 1])), 3)
     (True, 100.0)
     """
-    scorer = BLEU(smooth_method="none", tokenize="13a")
-    stats = np.asarray(scorer._extract_corpus_statistics(list(preds), [list(targets)]), dtype=np.int64)
-    return lambda idx: float(scorer._compute_score_from_stats(stats[idx].sum(axis=0).tolist()).score)
+    stats = bleu_statistics(preds, targets)
+    return lambda idx: bleu_from_statistics(stats[np.asarray(idx)].sum(axis=0))
