@@ -1,11 +1,14 @@
 """Amazon datamodule: cleaning, bad records, deterministic split, per-batch padding, caching."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from src.datamodules import cleaning
 from src.datamodules.amazon import AmazonTitlesDataModule
 from src.datamodules.records import load_jsonl_records, skip_counts
 from src.errors import UserError
@@ -62,6 +65,43 @@ def test_prepared_records_are_cached_and_invalidated_by_edits(tmp_path):
     assert again.cache_files == first.cache_files  # second load reads the Arrow cache
     write_lines(tmp_path / "trn.json", GOOD[:10])
     assert len(load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))) == 10
+
+
+def test_invalid_utf8_and_repeated_keys_are_counted_and_named(tmp_path):
+    path = tmp_path / "trn.json"
+    lines = [line.encode() for line in GOOD[:3]] + [GOOD[3].replace("Lamp", "L\xe4mp").encode("latin-1"),
+                                                   GOOD[4].replace('"title"', '"title": "x", "title"').encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    records = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"))
+    assert skip_counts(records) == {"invalid_utf8": 1, "duplicate_key": 1}
+    with pytest.raises(UserError, match=r"^[^\n]*trn\.json:4: bad record \(invalid UTF-8 at byte \d+ of the line\)"):
+        load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"), on_bad_record="error")
+    path.write_bytes(b"\n".join(lines[:3] + lines[4:]) + b"\n")
+    with pytest.raises(UserError, match=r"trn\.json:4: bad record \(key 'title' given twice\)"):
+        load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"), on_bad_record="error")
+
+
+def test_cache_is_invalidated_by_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    path = tmp_path / "trn.json"
+    write_lines(path, GOOD)
+    before = path.stat()
+    assert [r["title"] for r in load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"))][:2] == \
+        ["Lamp 0", "Lamp 1"]
+    write_lines(path, [line.replace("Lamp", "Lump") for line in GOOD])  # what `cp -p` or `rsync -a` leave
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    records = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"))
+    assert records[0]["title"] == "Lump 0"
+
+
+def test_cache_is_invalidated_by_a_change_to_the_cleaning_code(tmp_path, monkeypatch):
+    path = write_lines(tmp_path / "trn.json", GOOD)
+    first = load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))
+    edited = tmp_path / "cleaning.py"  # the same module with one more line: its hash is all that changes
+    edited.write_text(Path(cleaning.__file__).read_text() + "\n# tweaked\n")
+    monkeypatch.setattr(cleaning, "__file__", str(edited))
+    again = load_jsonl_records([path], ["title", "content"], str(tmp_path / "ds"))
+    assert again.cache_files != first.cache_files and again.to_list() == first.to_list()
 
 
 def test_sample_split_is_deterministic_disjoint_and_80_10_10(tmp_path, tokenizer):

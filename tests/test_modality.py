@@ -13,7 +13,8 @@ DATASETS = sorted(p.stem for p in (ROOT / "conf" / "data").glob("*.yaml"))
 # what each config is, stated here rather than read from the code under test: a new config must be added
 MODEL_KIND = {"dialogpt": "text", "flan_t5": "text", "ptt5": "text", "tiny_gpt2": "text", "tiny_t5": "text",
               "sd15": "image", "tiny_sd": "image"}
-DATA_KIND = {"amazon": "text", "amazon_sample": "text", "tarot": "text", "shoes": "image"}
+DATA_KIND = {"amazon": "text", "amazon_sample": "text", "pairs": "text", "pairs_description": "text", "tarot": "text",
+             "shoes": "image"}
 MODEL_DESCRIPTION = {"dialogpt": "a causal text model", "tiny_gpt2": "a causal text model",
                      "flan_t5": "a seq2seq text model", "ptt5": "a seq2seq text model",
                      "tiny_t5": "a seq2seq text model", "sd15": "a diffusion model", "tiny_sd": "a diffusion model"}

@@ -121,3 +121,115 @@ def test_first_bad_record_is_named_with_its_line_across_blocks(tmp_path, monkeyp
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"trn\.json:251: bad record \(field 'title' is missing"):
         load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"), on_bad_record="error")
+
+
+def good_record(i: int, content_words: int = 4) -> bytes:
+    words = " ".join(f"w{i}x{j}" for j in range(content_words))
+    return json.dumps({"uid": f"u{i}", "title": f"Lamp {i}", "content": f"Bright {words}", "label": [i]}).encode()
+
+
+# every kind of dirty line, what it should count as (None: a usable record, "": no row at all)
+DIRTY = [
+    (lambda i: good_record(i).replace(b'"title"', b'"title": "first", "title"'), "duplicate_key"),
+    (lambda i: good_record(i).replace(b'"uid"', b'"uid": "a", "uid"'), "duplicate_key"),
+    (lambda i: good_record(i).replace(b'"label"', b'"label": 0, "label"'), None),  # a key the reader ignores
+    (lambda i: good_record(i) + b" " + good_record(i + 10**6), "invalid_json"),  # two objects on a line
+    (lambda i: good_record(i) + good_record(i + 10**6), "invalid_json"),
+    (lambda i: good_record(i).replace(b"Lamp", b"L\xe4mp"), "invalid_utf8"),  # Latin-1, in a field
+    (lambda i: good_record(i).replace(b'"label"', b'"l\xc3(bel"'), "invalid_utf8"),  # in a key the reader ignores
+    (lambda i: b"\xef\xbb\xbf" + good_record(i), "invalid_json"),  # a byte-order mark in the middle of the file
+    (lambda i: b"", ""), (lambda i: b"  \t ", ""),
+    (lambda i: b"  " + good_record(i) + b" ", None),  # spacing around the object
+    (lambda i: good_record(i, content_words=400), None),  # ~3 KB: spans several 1 KB blocks
+    (lambda i: good_record(i).replace(b'"Lamp', b'"Lamp \\u00e9\\ud83d\\ude00'), None),  # escapes, a surrogate pair
+    (lambda i: good_record(i).replace(b'"u', b'"x').replace(b'"xid"', b'"uid"'), None),
+    (lambda i: good_record(i).replace(b'"Lamp %d"' % i, b"null"), "bad_field:title"),
+    (lambda i: good_record(i).replace(b'"u%d"' % i, b"%d" % i), None),  # a numeric uid
+    (lambda i: b"[1, 2]", "invalid_json"),
+    (lambda i: good_record(i)[:-1] + b"\n}", "invalid_json"),  # an object across two lines: both halves bad
+]
+SEPARATORS = [b"\n", b"\r\n", b"\n", b"\r", b"\n\n", b"\r\n\r\n", b"\n"]
+
+
+def dirty_file(path, n: int = 2500):
+    """A BOM, mixed line breaks, every kind of DIRTY line among good ones, no newline at the end; and the
+    skip counts it must give."""
+    rng = random.Random(3)
+    out, expected, kept = [b"\xef\xbb\xbf"], {}, 0
+    for i in range(n):
+        make, reason = DIRTY[i % len(DIRTY)] if rng.random() < 0.2 else (good_record, None)
+        line = make(i)
+        if line.endswith(b"\n}"):
+            expected["invalid_json"] = expected.get("invalid_json", 0) + 1  # the second half counts too
+        if reason:
+            expected[reason] = expected.get(reason, 0) + 1
+        kept += reason is None
+        out += [line, rng.choice(SEPARATORS) if i < n - 1 else b""]
+    path.write_bytes(b"".join(out))
+    return expected, kept
+
+
+def test_dirty_file_gives_the_same_rows_for_every_block_size(tmp_path):
+    path = tmp_path / "trn.json"
+    expected, kept = dirty_file(path)
+    assert 300_000 < path.stat().st_size < 1_000_000
+    results = {}
+    for block_bytes in (1000, 1 << 10, 4 << 10, 64 << 10, 1 << 20, 64 << 20):
+        dataset = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / f"ds{block_bytes}"),
+                                     block_bytes=block_bytes)
+        results[block_bytes] = dataset.to_list()
+        assert skip_counts(dataset) == expected, block_bytes
+        assert len(dataset) - sum(expected.values()) == kept
+    first = results.pop(1000)
+    assert all(rows == first for rows in results.values())
+    assert first[0]["uid"] == "u0"  # the byte-order mark at the start is not part of the first record
+
+
+def test_line_blocks_cut_the_same_lines_for_every_block_size(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"\xef\xbb\xbfa\r\nbb\r\rc\n\r\n\xef\xbb\xbfd\re\r\n" + b"f" * 40 + b"\r\ng\r")
+    expected = ["a", "bb", "", "c", "", "\ufeffd", "e", "f" * 40, "g"]  # what Python's universal newlines give
+    assert path.read_text(encoding="utf-8-sig").splitlines() == expected
+    for block_bytes in range(1, 60):
+        blocks = list(records.line_blocks(str(path), block_bytes))
+        assert b"".join(b for _, b in blocks).decode().split("\n")[:-1] == expected
+        for first_line, block in blocks:  # line numbers carry on across blocks
+            assert block.decode().split("\n")[0] == expected[first_line - 1]
+
+
+def test_json_array_files_are_streamed_item_by_item(tmp_path):
+    items = [{"uid": f"u{i}", "title": f"Lamp {i}", "content": f"A bright lamp number {i}"} for i in range(50_000)]
+    path = tmp_path / "array.json"
+    path.write_text(json.dumps(items), encoding="utf-8")  # one line of ~4 MB: no line breaks at all
+    dataset = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"), block_bytes=1 << 16)
+    assert len(dataset) == 50_000 and not skip_counts(dataset)
+    assert dataset[49_999] == {"title": "Lamp 49999", "content": "A bright lamp number 49999", "uid": "u49999",
+                               "skip_reason": ""}
+
+    pretty = tmp_path / "pretty.json"  # indented, a bad item, a non-object and a record without uid
+    odd = [items[0], {"uid": "x", "title": None, "content": "c"}, 7, {"title": "Desk", "content": "Oak desk"}]
+    pretty.write_text(json.dumps(odd, indent=2), encoding="utf-8")
+    dataset = load_jsonl_records([str(pretty)], ["title", "content"], str(tmp_path / "ds"))
+    assert skip_counts(dataset) == {"bad_field:title": 1, "invalid_json": 1}
+    assert dataset[3]["uid"] == "pretty.json:item4"
+    with pytest.raises(UserError, match=r"pretty\.json: item 2: bad record \(field 'title'"):
+        load_jsonl_records([str(pretty)], ["title", "content"], str(tmp_path / "ds"), on_bad_record="error")
+
+
+def test_broken_or_unbroken_files_are_refused_in_one_line(tmp_path, monkeypatch):
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps([{"uid": "a", "title": "t", "content": "c"}] * 3)[:-10], encoding="utf-8")
+    with pytest.raises(UserError, match=r"^[^\n]*cut\.json: item 3 of the JSON array is not valid JSON[^\n]*$"):
+        load_jsonl_records([str(cut)], ["title", "content"], str(tmp_path / "ds"))
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 50_000)
+    glued = tmp_path / "glued.json"  # objects one after another with no line breaks: not JSON lines
+    glued.write_text("".join(json.dumps({"uid": str(i), "title": "t", "content": "c"}) for i in range(5000)))
+    with pytest.raises(UserError, match=r"glued\.json: line 1 is over .* MB, so this is not JSON lines"):
+        load_jsonl_records([str(glued)], ["title", "content"], str(tmp_path / "ds"), block_bytes=1 << 10)
+
+
+def test_a_json_lines_file_that_starts_with_an_array_line_stays_json_lines(tmp_path):
+    path = tmp_path / "trn.json"
+    path.write_text('[1, 2]\n{"uid": "a", "title": "Lamp", "content": "A lamp"}\n', encoding="utf-8")
+    dataset = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"))
+    assert skip_counts(dataset) == {"invalid_json": 1} and dataset[1]["uid"] == "a"

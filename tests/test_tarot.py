@@ -92,14 +92,15 @@ def test_csv_with_column_mapping(tmp_path, tokenizer):
     dm = make_dm(tmp_path, tokenizer, path, columns={"card": "carta", "reading": "texto"})
     dm.setup()
     assert dm.statistics()["records"] == 154
-    with pytest.raises(UserError, match="no column 'card' for the card"):
+    with pytest.raises(UserError, match=r"^data\.columns\.card='card' is not a column of \S*r\.csv; columns are: "
+                                        r"carta, texto — set data\.columns\.card to one of them$"):
         make_dm(tmp_path, tokenizer, path).setup()
 
 
 def test_data_mistakes_are_one_line_errors(tmp_path, tokenizer):
     with pytest.raises(UserError, match="data file not found"):
         make_dm(tmp_path, tokenizer, tmp_path / "missing.jsonl").setup()
-    with pytest.raises(UserError, match="use a .json, .jsonl or .csv"):
+    with pytest.raises(UserError, match=r"use a \.jsonl, \.json, \.csv, \.tsv or \.parquet file"):
         make_dm(tmp_path, tokenizer, tmp_path / "readings.txt").setup()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
+from src.datamodules.pairs import check_columns, read_table
 from src.datamodules.records import skip_counts, value_counts, with_skip_reason
 from src.datamodules.text_pairs import TextPairDataModule
 from src.errors import UserError
@@ -21,7 +22,6 @@ MAJOR_ARCANA = (
     "O Diabo", "A Torre", "A Estrela", "A Lua", "O Sol", "O Julgamento", "O Mundo",
 )
 DEFAULT_PROMPT = "Faça uma leitura de tarô.\nCarta: {card}\nPergunta: {question}\nLeitura:"
-FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
 
 
 def card_key(name: str) -> str:
@@ -43,7 +43,8 @@ def reading_prompt(template: str, card: str, question: str, default_question: st
 
 
 class TarotDataModule(TextPairDataModule):
-    """Readings from JSON, JSON lines or CSV; ``columns`` maps this module's fields to the file's.
+    """Readings from JSON, JSON lines, CSV, Parquet or a datasets directory (read like ``data=pairs`` reads
+    them); ``columns`` maps this module's fields to the file's.
 
     Cleaning trims and collapses whitespace, drops empty readings and records whose card is not one
     of the 22 Major Arcana (reported by name). The default split is 85/15 train/val stratified by
@@ -67,20 +68,9 @@ class TarotDataModule(TextPairDataModule):
     @cached_property
     def raw(self) -> datasets.Dataset:
         """The file with canonical column names ``uid``, ``card``, ``question``, ``reading``."""
-        fmt = FORMATS.get(self.data_file.suffix.lower())
-        if fmt is None:
-            raise UserError(f"data.data_file={self.data_file}: use a .json, .jsonl or .csv file")
-        if not self.data_file.is_file():
-            raise UserError(f"data file not found: {self.data_file} — set data.data_file")
-        try:
-            ds = datasets.load_dataset(fmt, data_files=str(self.data_file), split="train", cache_dir=self.cache_dir)
-        except Exception as err:  # pyarrow's parse errors name the problem but not our file
-            raise UserError(f"cannot read {self.data_file}: {str(err).splitlines()[0]}") from err
+        ds = read_table(self.data_file, self.cache_dir, missing_hint="set data.data_file")
         cols, file_name = self.columns, self.data_file.name  # not self: datasets' fingerprint would pickle the trainer
-        for field in ("card", "reading"):
-            if cols[field] not in ds.column_names:
-                raise UserError(f"{self.data_file} has no column '{cols[field]}' for the {field} (columns: "
-                                f"{ds.column_names}) — set data.columns.{field}")
+        check_columns(self.data_file, {field: cols[field] for field in ("card", "reading")}, ds.column_names)
 
         def canonical(batch: dict[str, list], idx: list[int]) -> dict[str, list]:
             n = len(idx)
@@ -129,8 +119,9 @@ class TarotDataModule(TextPairDataModule):
                                for c, q in zip(batch["canonical_card"], batch["question"])],
                     "target": batch["reading"], "card": batch["canonical_card"]}
 
-        pairs = with_skip_reason(self.checked).map(to_pair, batched=True, remove_columns=["canonical_card", "skip_reason", "question", "reading"],
-                         desc="apply prompt template")
+        pairs = with_skip_reason(self.checked).map(
+            to_pair, batched=True, remove_columns=["canonical_card", "skip_reason", "question", "reading"],
+            desc="apply prompt template")
         return pairs.cast_column("card", datasets.ClassLabel(names=list(MAJOR_ARCANA)))
 
     def setup(self, stage: str | None = None) -> None:

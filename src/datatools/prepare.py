@@ -11,6 +11,7 @@ import datasets
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from src.atomic import atomic_write_text
 from src.datatools.plots import STOPWORDS, length_histogram, word_cloud
 from src.datatools.stats import record_stats
 from src.errors import UserError
@@ -22,7 +23,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     datamodule = instantiate(cfg.data)  # the same object and options train.py builds, so the same cache
     if not hasattr(datamodule, "load_records"):
-        raise UserError(f"{cfg.data._target_} has no JSON-lines records to prepare — use data=amazon or "
+        raise UserError(f"{cfg.data._target_} has no records to prepare — use data=pairs, data=amazon or "
                         "data=amazon_sample")
     datasets.disable_progress_bars()  # ours counts bytes against the file size; datasets' only counts rows
     records = datamodule.load_records(progress=True)
@@ -41,8 +42,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     report = {"files": datamodule.files, "cache_files": [c["filename"] for c in records.cache_files],
               "filters": datamodule.filters, **stats, "plots": plots,
               "seconds": round(time.perf_counter() - start, 1)}
-    (out / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out / "data_report.md").write_text(to_markdown(report), encoding="utf-8")
+    atomic_write_text(out / "data_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "data_report.md", to_markdown(report))
     log.info("done\nrecords read: %d, kept: %d, skipped: %s\nreport:       %s\nArrow cache:  %s",
              report["records_read"], report["kept"], report["skipped"], out / "data_report.md",
              Path(report["cache_files"][0]).parent if report["cache_files"] else "(in memory)")

@@ -1,6 +1,6 @@
 """The data as training would see it: records read, kept and skipped, split sizes, token lengths.
 
-Large files are read through a bounded head sample (the first ``SAMPLE_LINES`` lines of each); counts are
+Large files are read through a bounded head sample (the first ``SAMPLE_RECORDS`` records of each); counts are
 then scaled by the files' sizes and the summary says so. Token lengths use the model's own tokenizer when
 it is on this machine (a local directory or the Hugging Face cache), else a stand-in trained here on the
 data itself, named in the report.
@@ -15,20 +15,31 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
+from src.datamodules.records import array_blocks, is_json_array
 from src.errors import UserError
 from src.runtime import instantiate_config
 
 SAMPLE_BYTES = 64 * 2**20  # files above this are sampled
-SAMPLE_LINES = 20_000
+SAMPLE_RECORDS = 20_000
 LENGTH_SAMPLE = 2_000      # rows tokenized for the length percentiles
 STANDIN_VOCAB = 8_000
 PERCENTILES = (50, 90, 95, 99)
 
 
-def _head(path: Path, lines: int, into: Path) -> Path:
+def _head(path: Path, records: int, into: Path) -> Path:
+    """The first ``records`` records as JSON lines (a JSON array's head would be a truncated array)."""
     out = into / path.name
-    with open(path, "rb") as src, open(out, "wb") as dst:
-        dst.writelines(itertools.islice(src, lines))
+    with open(out, "wb") as dst:
+        if not is_json_array(str(path)):
+            with open(path, "rb") as src:
+                dst.writelines(itertools.islice(src, records))
+            return out
+        for _, block in array_blocks(str(path)):  # one item per line
+            lines = block.splitlines(keepends=True)[:records]
+            dst.writelines(lines)
+            records -= len(lines)
+            if records <= 0:
+                break
     return out
 
 
@@ -45,7 +56,7 @@ def sampled_data_config(data_cfg: DictConfig, workdir: Path) -> tuple[DictConfig
         if size <= SAMPLE_BYTES:
             part += size
             continue
-        head = _head(path, SAMPLE_LINES, workdir)
+        head = _head(path, SAMPLE_RECORDS, workdir)
         part += head.stat().st_size
         with open_dict(sampled):
             sampled[key] = str(head)
@@ -125,7 +136,7 @@ def plan_text_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, A
     return {
         "records_read": kept + estimate(sum(skipped.values())), "records_kept": kept,
         "skipped": {reason: estimate(n) for reason, n in sorted(skipped.items())},
-        "sampled": (f"counts scaled from the first {SAMPLE_LINES:,} lines of each large file (x{factor:.1f} by "
+        "sampled": (f"counts scaled from the first {SAMPLE_RECORDS:,} records of each large file (x{factor:.1f} by "
                     "file size); run prepare_data.py for exact counts") if scale else None,
         "splits_available": available, "splits_used": used,
         "tokenizer": tokenizer_note, "length_rows": len(src),
