@@ -8,12 +8,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError
-from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
+from src.trust import read_checkpoint, read_run_config
 
 RUN_KEYS = ("model", "data", "seed")  # what a run's own config decides about evaluation
 
@@ -37,7 +36,7 @@ def best_checkpoint_of(run_dir: Path) -> Path | None:
         candidates.append((json.loads(report.read_text()).get("best_checkpoint") or {}).get("path"))
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+        states = read_checkpoint(last).get("callbacks", {})
         candidates += [s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")]
     for candidate in filter(None, candidates):
         for path in (Path(candidate), run_dir / "checkpoints" / Path(candidate).name):  # the run may have moved
@@ -80,8 +79,10 @@ def resolve_target(ckpt: str, config_from: str | None = None) -> EvalTarget:
 
 
 def with_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """The run's model, data and seed, with this command line's explicit overrides on top."""
-    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    """The run's model, data and seed, with this command line's explicit overrides on top.
+
+    Refused (``src.trust.Refused``) when the run's config names a ``_target_`` lorafit does not trust."""
+    run_cfg = read_run_config(run_dir)
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     merged = cfg.copy()
@@ -98,6 +99,14 @@ def with_run_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def load_target_weights(module, target: EvalTarget) -> None:
     """Put the target's LoRA weights into a freshly built module (nothing to do for the base model)."""
     if target.kind == "checkpoint":
-        module.load_state_dict(trainable_state_from_checkpoint(target.path))
+        module.load_state_dict(state_dict_of(target.path))
     elif target.kind == "adapter":
         module.load_adapter(target.path)
+
+
+def state_dict_of(path: str) -> dict:
+    """The ``state_dict`` of a Lightning checkpoint, read with ``weights_only=True`` (``src.trust``)."""
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict) — pass a .ckpt written by train.py")
+    return checkpoint["state_dict"]

@@ -2,29 +2,41 @@
 
 The server scans a logs directory holding a copy of the session's quickstart text run and a short
 quickstart_shoes run. Text outputs are checked against plain peft generation from the exported adapter.
+The limits (trust, body size, busy models, eviction, image retention, error bodies, API key) are unit
+tests against the ASGI app in process, with fake models: fast, and no server to start.
 """
 
+import asyncio
 import base64
 import io
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
-import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from src.serving.loading import ModelCache
-from src.serving.registry import ModelRegistry
-from tests.conftest import ROOT, read_json
+from src.errors import UserError
+from src.serving.app import create_app
+from src.serving.images import ImageStore
+from src.serving.loading import LoadedModel, ModelBusy, ModelCache
+from src.serving.registry import ModelEntry, ModelRegistry
+from src.targets import EvalTarget
+from tests.conftest import ROOT, compose_config, read_json
 
 IMAGE_BODY = {"prompt": "a photo of a red casual sneaker", "num_images": 2, "num_inference_steps": 4,
               "guidance_scale": 3.0}
@@ -65,36 +77,55 @@ def logs_dir(trained_run, trained_shoes_run, tmp_path_factory) -> Path:
     return logs
 
 
+@contextmanager
+def running_server(out: Path, *overrides: str, env: dict | None = None, startup_timeout: float = 300):
+    """``python serve.py`` on a free loopback port, yielded once uvicorn says it is listening (read from its
+    output, no polling) and ``/api/health`` answers; its output ends up in ``out/server.out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "serve.py"), f"port={port}", f"hydra.run.dir={out}", *overrides],
+        cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(startup_timeout, proc.kill)  # a server that never starts ends its output
+    watchdog.start()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Uvicorn running on" in line:
+            break
+    watchdog.cancel()
+    if proc.poll() is not None or not lines or "Uvicorn running on" not in lines[-1]:
+        proc.kill()
+        raise AssertionError(f"serve.py did not start (exit {proc.wait()}):\n{''.join(lines)[-4000:]}")
+
+    def drain():
+        with open(out / "server.out", "w") as log_file:
+            log_file.writelines(lines)
+            for rest in proc.stdout:
+                lines.append(rest)
+                log_file.write(rest)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert requests.get(f"{url}/api/health", timeout=30).ok
+        yield SimpleNamespace(url=url, out=out, lines=lines)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        drainer.join(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def server(logs_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("served")
-    port = free_port()
-    log_file = open(out / "server.out", "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "serve.py"), f"logs_dir={logs_dir}", f"port={port}", "max_loaded_models=3",
-         f"output_dir={out / 'images'}", f"hydra.run.dir={out}"],
-        cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve.py exited {proc.returncode}:\n{(out / 'server.out').read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/api/models", timeout=5).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("serve.py did not answer within 300 s")
-        time.sleep(0.5)
-    yield type("Server", (), {"url": url, "out": out})
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log_file.close()
+    with running_server(out, f"logs_dir={logs_dir}", "max_loaded_models=3", f"output_dir={out / 'images'}") as srv:
+        yield srv
 
 
 def models(server) -> dict[str, dict]:
@@ -147,14 +178,14 @@ def shoes_checkpoint(server) -> str:
 @pytest.mark.slow
 def test_generates_images_from_the_reference_body(server):
     name = shoes_checkpoint(server)
-    response = generate_images(server, name, seed=5)
+    response = generate_images(server, name, seed=5, save=True)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["seeds"] == [5, 6] and len(body["images"]) == len(body["files"]) == 2
     for encoded, file in zip(body["images"], body["files"]):
         data = base64.b64decode(encoded)
         assert Image.open(io.BytesIO(data)).size == (64, 64)
-        assert Path(file).parent == server.out / "images" and Path(file).read_bytes() == data
+        assert "/" not in file and (server.out / "images" / file).read_bytes() == data
     assert body["images"][0] != body["images"][1]  # each image its own noise
     again = generate_images(server, name, seed=5).json()
     assert again["images"] == body["images"]
@@ -303,7 +334,330 @@ def test_model_cache_is_bounded_least_recently_used_and_loads_once(tmp_path):
     gate.clear()
     with ThreadPoolExecutor(4) as pool:
         results = [pool.submit(cache.get, "d", "d") for _ in range(4)]
-        time.sleep(0.2)
         gate.set()
         assert {r.result() for r in results} == {"model d"}
     assert loads.count("d") == 1  # concurrent requests for a loading model share one load
+
+
+# -- units: limits and trust, against the ASGI app in process (fake models) ---------------------------------
+
+LIMITS = OmegaConf.create({"max_prompt_chars": 1000, "max_num_images": 8, "max_inference_steps": 100,
+                           "max_guidance_scale": 30, "max_new_tokens": 512, "max_num_beams": 8})
+
+
+class FakeText:
+    """A text 'model' that echoes its input; ``gate`` (when given) holds it mid-generation."""
+
+    generation = {"max_new_tokens": 4}
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.gate, self.started = gate, threading.Event()
+
+    def prompt_batch(self, sources):
+        return {"sources": sources}
+
+    def format_source(self, title):
+        return f"Title: {title}"
+
+    def generate_texts(self, batch, settings):
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(60)
+        return [f"echo {s}" for s in batch["sources"]]
+
+
+class FakeImages:
+    generation = {}
+
+    def generate_images(self, prompts, seeds, settings):
+        return [torch.full((3, 4, 4), seed % 256, dtype=torch.uint8) for seed in seeds]
+
+
+def fake_entry(name: str, kind: str = "text") -> ModelEntry:
+    return ModelEntry(name=name, kind=kind, family="diffusion" if kind == "image" else "seq2seq", source="base",
+                      base="fake", target=EvalTarget("base", None, None))
+
+
+def fake_loaded(module) -> LoadedModel:
+    return LoadedModel(module, module if isinstance(module, FakeText) else None,
+                       "text" if isinstance(module, FakeText) else "image", False, torch.device("cpu"))
+
+
+def fake_app(tmp_path: Path, modules: dict, max_loaded: int = 2, max_saved: int = 100, load=None, **options):
+    """The real app over fake base models ``modules`` (name → fake), an empty logs directory and ``options``."""
+    (tmp_path / "logs").mkdir(parents=True, exist_ok=True)
+    entries = [fake_entry(n, "image" if isinstance(m, FakeImages) else "text") for n, m in modules.items()]
+    registry = ModelRegistry(tmp_path / "logs", entries)
+    cache = ModelCache(load or (lambda entry: fake_loaded(modules[entry.name])), max_loaded)
+    return create_app(registry, cache, ImageStore(tmp_path / "images", max_saved), LIMITS, **options)
+
+
+async def asgi(app, method: str, path: str, body=None, headers: dict | None = None, chunks: int = 1):
+    """One request straight into the ASGI app: (status, headers, decoded JSON or text)."""
+    raw = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+    headers = {"content-type": "application/json", **(headers or {})}
+    head = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    if chunks == 1:
+        head.append((b"content-length", str(len(raw)).encode()))
+    size = -(-len(raw) // chunks) if raw else 0
+    messages = [{"type": "http.request", "body": raw[i * size:(i + 1) * size], "more_body": i < chunks - 1}
+                for i in range(chunks)]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": head,
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client stays connected
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        await asyncio.wait_for(app(scope, receive, send), 60)
+    except Exception:  # noqa: BLE001 (Starlette re-raises after sending its 500)
+        if not sent:
+            raise
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body").decode()
+    try:
+        content = json.loads(text)
+    except ValueError:
+        content = text
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, content
+
+
+def call(app, method: str, path: str, body=None, **kwargs):
+    return asyncio.run(asgi(app, method, path, body, **kwargs))
+
+
+def one_line(content) -> str:
+    assert isinstance(content, dict) and isinstance(content["detail"], str), content
+    assert "\n" not in content["detail"]
+    return content["detail"]
+
+
+def write_run(run_dir: Path, config: str, checkpoint: dict | None = None) -> Path:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(config)
+    (run_dir / "checkpoints").mkdir()
+    torch.save(checkpoint or {"global_step": 1, "state_dict": {}}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.open"])  # Hydra's own blocklist misses builtins.open
+def test_a_run_config_naming_an_untrusted_target_is_refused_and_never_runs(tmp_path, target):
+    from src.serving.server import load_entry
+    from src.targets import with_run_config
+    from src.trust import is_trusted_target
+
+    marker = tmp_path / "pwned"
+    args = [f"touch {marker}"] if target == "os.system" else [str(marker), "w"]
+    run = write_run(tmp_path / "logs" / "train" / "runs" / "evil", f"""
+model:
+  _target_: src.modules.seq2seq_lora.Seq2SeqLoRAModule
+  pretrained:
+    _target_: {target}
+    _args_: {json.dumps(args)}
+data:
+  _target_: src.datamodules.amazon.AmazonTitlesDataModule
+seed: 1
+""")
+    with pytest.raises(UserError, match=rf"model\.pretrained\._target_='{target}'") as refused:
+        with_run_config(OmegaConf.create({}), run)  # evaluate.py's path
+    assert "\n" not in str(refused.value)
+    registry = ModelRegistry(tmp_path / "logs")
+    cache = ModelCache(partial(load_entry, OmegaConf.create({}), "cpu"), 2)  # the real loader
+    app = create_app(registry, cache, ImageStore(tmp_path / "images", 10), LIMITS)
+    status, _, listed = call(app, "GET", "/api/models")
+    assert status == 200 and not [m for m in listed["models"] if "evil" in m["name"]]
+    status, _, content = call(app, "POST", "/api/generate_text", {"model_name": "train/runs/evil/last", "title": "a"})
+    assert status == 403 and target in one_line(content), content
+    assert str(tmp_path) not in content["detail"]
+    assert not marker.exists()
+    assert not is_trusted_target("src.runtime.os.system")  # os imported into a trusted module: still os
+
+
+def test_every_target_in_conf_is_trusted():
+    import re
+
+    from src.trust import is_trusted_target
+
+    targets = {m[1] for p in (ROOT / "conf").rglob("*.yaml")
+               for m in re.finditer(r"_target_:\s*([^\s#]+)", p.read_text())}
+    assert len(targets) > 20 and [t for t in targets if not is_trusted_target(t)] == []
+
+
+class RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused(tmp_path):
+    from src.comparison.checkpoints import checkpoint_step
+    from src.targets import best_checkpoint_of, load_target_weights
+
+    marker = tmp_path / "pwned"
+    run = write_run(tmp_path / "run", "model: {}\n", {"global_step": 1, "state_dict": {}, "x": RunsCode(marker)})
+    path = run / "checkpoints" / "last.ckpt"
+    module = SimpleNamespace(load_state_dict=lambda state: None)
+    for read in (lambda: load_target_weights(module, EvalTarget("checkpoint", str(path), run)),
+                 lambda: checkpoint_step(path), lambda: best_checkpoint_of(run)):
+        with pytest.raises(UserError, match="weights_only") as refused:
+            read()
+        assert "posix.system" in str(refused.value) and "\n" not in str(refused.value)
+    assert not marker.exists()
+    plain = write_run(tmp_path / "plain", "model: {}\n", {"global_step": 7, "state_dict": {"w": torch.ones(2)}})
+    assert checkpoint_step(plain / "checkpoints" / "last.ckpt") == 7  # tensors and plain values still load
+
+
+def test_bodies_over_the_limit_get_a_413_and_422s_never_echo_the_body(tmp_path):
+    app = fake_app(tmp_path, {"base/fake": FakeText()}, max_body_bytes=2048)
+    big = {"model_name": "base/fake", "prompt": "x" * 900 + "é" * 600}
+    for chunks in (1, 3):  # declared length, and a chunked body counted as it arrives
+        status, _, content = call(app, "POST", "/api/generate_text", big, chunks=chunks)
+        assert status == 413 and "max_body_bytes=2048" in one_line(content), (chunks, content)
+    status, _, content = call(app, "POST", "/api/generate_text", {"model_name": "base/fake", "prompt": "short"})
+    assert status == 200 and content["text"] == "echo short"
+    secret = "SECRET-VALUE-1234"
+    status, _, content = call(app, "POST", "/api/generate_text",
+                              {"model_name": "base/fake", "title": secret, "prompt": secret, "colour": secret})
+    assert status == 422 and "colour" in content["message"] and secret not in json.dumps(content)
+
+
+def test_a_busy_model_gets_503_with_retry_after_and_listing_never_waits(tmp_path):
+    import anyio.to_thread
+
+    gate = threading.Event()
+    first, second = FakeText(gate), FakeText(gate)
+    app = fake_app(tmp_path, {"base/a": first, "base/b": second}, model_wait_seconds=0.2)
+
+    async def scenario():
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 2  # a full pool: both threads generate
+        loop = asyncio.get_running_loop()
+        held = [asyncio.create_task(asgi(app, "POST", "/api/generate_text", {"model_name": n, "prompt": "p"}))
+                for n in ("base/a", "base/b")]
+        try:
+            for module in (first, second):
+                assert await loop.run_in_executor(None, module.started.wait, 30)
+            listed = await asgi(app, "GET", "/api/models")
+            health = await asgi(app, "GET", "/api/health")
+            anyio.to_thread.current_default_thread_limiter().total_tokens = 3
+            busy = await asgi(app, "POST", "/api/generate_text", {"model_name": "base/a", "prompt": "p"})
+        finally:
+            gate.set()
+        return listed, health, busy, await asyncio.gather(*held)
+
+    listed, health, busy, done = asyncio.run(scenario())
+    assert listed[0] == 200 and len(listed[2]["models"]) == 2
+    assert health[0] == 200 and health[2]["resident_models"] == 2
+    status, headers, content = busy
+    assert status == 503 and int(headers["retry-after"]) >= 1 and "base/a" in one_line(content)
+    assert [d[0] for d in done] == [200, 200]
+
+
+def test_the_cache_evicts_before_it_loads_never_holding_limit_plus_one(tmp_path):
+    alive, seen_at_load, loads = weakref.WeakSet(), [], []
+
+    class Model:
+        pass
+
+    def load(spec):
+        seen_at_load.append(len(alive))  # what is still in memory when the next one is built
+        loads.append(spec)
+        model = Model()
+        alive.add(model)
+        return model
+
+    cache = ModelCache(load, max_loaded=2)
+    for key in "abac":  # c evicts b, the least recently used
+        cache.get(key, key)
+    assert cache.keys() == ["a", "c"] and loads == ["a", "b", "c"]
+    assert max(seen_at_load) <= 1  # never 2 resident while a third loads
+    with cache.lease("a", "a"):  # a model in use is never evicted, even when least recently used
+        cache.get("b", "b")
+        assert cache.keys() == ["a", "b"]
+        with cache.lease("b", "b"), pytest.raises(ModelBusy):
+            with cache.lease("d", "d", wait=0.05):  # both in use: no slot within the wait
+                pass
+    stats = cache.stats()
+    assert stats.max_resident == 2 and stats.resident == 2 and stats.evictions == 2
+    assert max(seen_at_load) <= 1
+
+
+def test_images_are_kept_only_on_request_and_capped(tmp_path):
+    app = fake_app(tmp_path, {"base/img": FakeImages()}, max_saved=3)
+    images = tmp_path / "images"
+    status, _, content = call(app, "POST", "/api/generate", {"model_name": "base/img", "prompt": "p", "seed": 1})
+    assert status == 200 and content["files"] == [] and not list(images.glob("*"))
+    saved = []
+    for seed in (10, 20, 30):
+        status, _, content = call(app, "POST", "/api/generate", {"model_name": "base/img", "prompt": "p",
+                                                                 "num_images": 2, "seed": seed, "save": True})
+        assert status == 200 and len(content["files"]) == 2 and all("/" not in f for f in content["files"])
+        saved += content["files"]
+    assert sorted(p.name for p in images.iterdir()) == sorted(saved[-3:])  # the newest 3
+
+
+def test_500_bodies_name_an_error_id_not_paths(tmp_path, caplog):
+    secret_dir = tmp_path / "logs" / "train" / "runs" / "r" / "checkpoints"
+
+    def load(entry):
+        if entry.name == "base/corrupt":
+            raise UserError(f"cannot read checkpoint {secret_dir}/last.ckpt: truncated — pass a .ckpt")
+        raise RuntimeError(f"unexpected failure reading {tmp_path.parent}/private/weights/{entry.name}.bin")
+
+    app = fake_app(tmp_path, {"base/corrupt": FakeText(), "base/broken": FakeText()}, load=load)
+    with caplog.at_level(logging.ERROR):
+        for name in ("base/corrupt", "base/broken"):
+            status, _, content = call(app, "POST", "/api/generate_text", {"model_name": name, "prompt": "p"})
+            detail = one_line(content)
+            assert status == 500 and "error" in detail, content
+            assert str(tmp_path.parent) not in detail and "/private" not in detail, detail
+            error_id = detail.split("error ")[-1].split()[0].strip(")")
+            assert error_id in caplog.text
+    assert "train/runs/r/checkpoints/last.ckpt" in call(
+        app, "POST", "/api/generate_text", {"model_name": "base/corrupt", "prompt": "p"})[2]["detail"]
+    assert f"{tmp_path.parent}/private/weights/base/broken.bin" in caplog.text  # the full story is in the log
+
+
+def test_an_api_key_turns_authentication_on(tmp_path, monkeypatch):
+    from src.serving.server import api_key_of
+
+    app = fake_app(tmp_path, {"base/fake": FakeText()}, api_key="s3cret")
+    body = {"model_name": "base/fake", "prompt": "p"}
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        status, response_headers, content = call(app, "POST", "/api/generate_text", body, headers=headers)
+        assert status == 401 and "X-API-Key" in one_line(content) and response_headers["www-authenticate"] == "Bearer"
+    assert call(app, "GET", "/api/models")[0] == 401
+    assert call(app, "POST", "/api/generate_text", body, headers={"X-API-Key": "s3cret"})[0] == 200
+    assert call(app, "POST", "/api/generate_text", body, headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert call(app, "GET", "/api/health")[0] == 200  # liveness needs no key
+    assert call(fake_app(tmp_path / "open", {"base/fake": FakeText()}), "GET", "/api/models")[0] == 200
+    monkeypatch.setenv("LORAFIT_API_KEY", "from-env")
+    assert api_key_of(OmegaConf.create({"api_key": None})) == "from-env"
+
+
+@pytest.mark.parametrize("host, key, warned", [("0.0.0.0", None, True), ("127.0.0.1", None, False),
+                                               ("0.0.0.0", "s3cret", False)])
+def test_serving_beyond_loopback_without_a_key_says_so(tmp_path, monkeypatch, caplog, host, key, warned):
+    import src.serving.server as server_module
+
+    (tmp_path / "logs").mkdir()
+    cfg = compose_config("serve", [f"logs_dir={tmp_path / 'logs'}", f"host={host}", f"port={free_port()}",
+                                   "list_base_models=false", f"output_dir={tmp_path / 'images'}"], tmp_path)
+    monkeypatch.delenv("LORAFIT_API_KEY", raising=False)
+    if key:
+        monkeypatch.setenv("LORAFIT_API_KEY", key)
+    started = []
+    monkeypatch.setattr(server_module.uvicorn, "run", lambda app, **kw: started.append(kw["host"]))
+    with caplog.at_level(logging.WARNING, logger="src.serving.server"):
+        server_module.serve(cfg)
+    lines = [r.getMessage() for r in caplog.records if "no authentication" in r.getMessage()]
+    assert started == [host] and len(lines) == int(warned)
+    assert all("\n" not in line and host in line for line in lines)

@@ -3,9 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from src.errors import UserError
+from src.trust import read_checkpoint
 
 LAST = "last.ckpt"
 
@@ -18,11 +17,7 @@ class SavedCheckpoint:
 
 
 def checkpoint_step(path: Path) -> int:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or not a torch file
-        raise UserError(f"cannot read checkpoint {path}: {err} — delete it or pass a run written by train.py") \
-            from err
+    checkpoint = read_checkpoint(path)  # weights_only: a checkpoint placed in a run cannot run code
     if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
         raise UserError(f"{path} is not a Lightning checkpoint (no global_step) — remove it from {path.parent}")
     return int(checkpoint["global_step"])

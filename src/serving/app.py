@@ -1,23 +1,35 @@
-"""The HTTP API: ``GET /api/models``, ``POST /api/generate`` (images), ``POST /api/generate_text``.
+"""The HTTP API: ``GET /api/models``, ``POST /api/generate`` (images), ``POST /api/generate_text``,
+``GET /api/health``.
 
-Endpoints are plain ``def`` functions, so FastAPI runs them in its thread pool: a long generation
-on one model does not block listing, or generation on another model.
+Generation endpoints are plain ``def`` functions, so FastAPI runs them in its thread pool: a long
+generation on one model does not block generation on another. Listing runs on threads of its own and
+health on the event loop, so neither waits behind generations. Error bodies are one line without the
+server's absolute paths; unexpected errors name an error id whose trace is in the server log.
 """
 
+import functools
 import logging
+import math
+import time
 import uuid
+from contextlib import ExitStack
 from datetime import datetime
-from pathlib import Path
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.errors import UserError
 from src.serving import generation as gen
-from src.serving.loading import LoadedModel, ModelCache
+from src.serving.guards import ApiKey, BodyLimit, scrub_paths
+from src.serving.images import ImageStore
+from src.serving.loading import LoadedModel, ModelBusy, ModelCache
 from src.serving.registry import ModelEntry, ModelRegistry
-from src.serving.schemas import ImageResponse, ModelInfo, ModelList, TextResponse, request_models
+from src.serving.schemas import Health, ImageResponse, ModelInfo, ModelList, TextResponse, request_models
+from src.trust import Refused
 
 log = logging.getLogger(__name__)
 
@@ -26,79 +38,158 @@ def validation_message(errors: list[dict]) -> str:
     """FastAPI's error list as one readable line: ``num_images: Input should be less than or equal to 8``."""
     parts = []
     for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        where = ".".join(str(p)[:40] for p in err.get("loc", ()) if p != "body")  # a key is echoed, cut short
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     return "; ".join(parts)
 
 
-def create_app(registry: ModelRegistry, cache: ModelCache, output_dir: str | Path, limits) -> FastAPI:
-    output_dir = Path(output_dir)
+def error_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, limits, *,
+               max_body_bytes: int = 65536, model_wait_seconds: float = 60.0, api_key: str | None = None) -> FastAPI:
+    """The API over ``registry``'s models, loaded through ``cache``; ``limits`` bound request fields.
+
+    A request waits at most ``model_wait_seconds`` for its model (a free slot among the loaded models, or
+    the model's lock while other requests generate with it), then gets a 503 with Retry-After.
+    """
     bodies = request_models(limits)
     ImageRequest, TextRequest = bodies.ImageRequest, bodies.TextRequest  # noqa: N806 (classes)
     app = FastAPI(title="lorafit", summary="Generate with base models, checkpoints and adapters found in the logs "
                   "directory", version="1")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)  # added last: runs first, before any body is read
+    roots = [registry.logs_dir, images.directory]
+    retry_after = str(max(1, math.ceil(model_wait_seconds)))
+    listing_threads = []  # /api/models' own threads (created in the event loop): never queued behind generations
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        return JSONResponse(status_code=422, content={"message": validation_message(errors),
-                                                      "detail": jsonable(errors)})
+        errors = exc.errors()  # their "input" is the request body: never sent back
+        return JSONResponse(status_code=422, content={"message": validation_message(errors), "detail": [
+            {"loc": [str(p)[:40] for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
+            for e in errors]})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        detail = scrub_paths(exc.detail, roots) if isinstance(exc.detail, str) else exc.detail
+        return JSONResponse(status_code=exc.status_code, content={"detail": detail}, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):  # a bug: the trace goes to the log only
+        eid = error_id()
+        log.error("error %s on %s %s", eid, request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": f"internal error {eid} — the server log has the "
+                                                                "details"})
+
+    def guarded(endpoint):
+        """Unexpected errors become a 500 naming an error id; the trace goes to the server log."""
+        @functools.wraps(endpoint)
+        def wrapper(*args, **kwargs):
+            try:
+                return endpoint(*args, **kwargs)
+            except HTTPException:
+                raise
+            except Exception as err:
+                eid = error_id()
+                log.exception("error %s in %s", eid, endpoint.__name__)
+                raise HTTPException(500, f"internal error {eid} ({type(err).__name__}) — the server log has the "
+                                         "details") from err
+        return wrapper
 
     def entry_of(name: str, kind: str) -> ModelEntry:
         entry = registry.get(name)  # only names from the scanned listing: never a path
         if entry is None:
+            refused = registry.refusal(name)
+            if refused:
+                raise HTTPException(403, f"{name} is not served: {refused}")
             raise HTTPException(404, f"unknown model {name!r} — GET /api/models lists the available names")
         if entry.kind != kind:
             other = "/api/generate" if entry.kind == "image" else "/api/generate_text"
             raise HTTPException(400, f"{name} is a {entry.kind} model — use POST {other}")
         return entry
 
-    def model_for(entry: ModelEntry) -> LoadedModel:
+    def busy(name: str, why: str) -> HTTPException:
+        return HTTPException(503, f"{name} is busy ({why}) — retry after {retry_after} s",
+                             headers={"Retry-After": retry_after})
+
+    def lease(stack: ExitStack, entry: ModelEntry, deadline: float) -> LoadedModel:
+        """The entry's model, held (never evicted) until ``stack`` closes."""
         try:
-            return cache.get((entry.name, entry.version), entry)
-        except UserError as err:
-            raise HTTPException(500, f"cannot load {entry.name}: {err}") from err
+            return stack.enter_context(cache.lease((entry.name, entry.version), entry, wait=left(deadline)))
+        except ModelBusy as err:
+            raise busy(entry.name, str(err)) from None
+        except Refused as err:
+            raise HTTPException(403, f"{entry.name} is not served: {err}") from None
+        except UserError as err:  # e.g. a truncated checkpoint: the server's files, not the request
+            eid = error_id()
+            log.error("error %s loading %s: %s", eid, entry.name, err)
+            raise HTTPException(500, f"cannot load {entry.name}: {err} (error {eid})") from None
+
+    @app.get("/api/health", response_model=Health, summary="Liveness and the model cache's counters (no key needed)")
+    async def health() -> Health:
+        stats = cache.stats()
+        return Health(resident_models=stats.resident, max_resident_models=stats.max_resident,
+                      max_loaded_models=cache.max_loaded, loads=stats.loads, evictions=stats.evictions)
 
     @app.get("/api/models", response_model=ModelList, summary="Every model that can generate")
-    def list_models() -> ModelList:
-        return ModelList(models=[ModelInfo(**e.info()) for e in registry.list()])
+    async def list_models() -> ModelList:
+        if not listing_threads:
+            listing_threads.append(anyio.CapacityLimiter(2))
+        entries = await anyio.to_thread.run_sync(registry.list, limiter=listing_threads[0])
+        return ModelList(models=[ModelInfo(**e.info()) for e in entries])
 
     @app.post("/api/generate", response_model=ImageResponse, summary="Generate images (image models)")
+    @guarded
     def generate_images(body: ImageRequest) -> ImageResponse:
-        loaded = model_for(entry_of(body.model_name, "image"))
+        deadline = time.monotonic() + model_wait_seconds
+        entry = entry_of(body.model_name, "image")
         first = gen.new_seed() if body.seed is None else body.seed
         seeds = [first + i for i in range(body.num_images)]
         settings = {"num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale}
-        try:
-            images = gen.generate_images(loaded, [body.prompt] * body.num_images, seeds, settings)
-        except ValueError as err:  # settings the pipeline rejects
-            raise HTTPException(422, f"cannot generate with these settings: {err}") from err
+        with ExitStack() as stack:
+            loaded = lease(stack, entry, deadline)
+            try:
+                pictures = gen.generate_images(loaded, [body.prompt] * body.num_images, seeds, settings,
+                                               wait=left(deadline))
+            except ModelBusy as err:
+                raise busy(entry.name, str(err)) from None
+            except ValueError as err:  # settings the pipeline rejects
+                raise HTTPException(422, f"cannot generate with these settings: {err}") from err
         stamp = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
         encoded, files = [], []
-        for image, seed in zip(images, seeds):
-            data = gen.png_bytes(image)
+        for picture, seed in zip(pictures, seeds):
+            data = gen.png_bytes(picture)
             encoded.append(gen.png_base64(data))
-            files.append(str(gen.save_png(data, output_dir / f"{stamp}-seed{seed}.png")))
+            if body.save:
+                files.append(images.save(data, f"{stamp}-seed{seed}.png"))
         return ImageResponse(model_name=body.model_name, prompt=body.prompt, images=encoded, seeds=seeds, files=files)
 
     @app.post("/api/generate_text", response_model=TextResponse, summary="Generate text (text models)")
+    @guarded
     def generate_text(body: TextRequest) -> TextResponse:
-        loaded = model_for(entry_of(body.model_name, "text"))
-        try:
-            source = body.prompt if body.prompt is not None else loaded.datamodule.format_source(body.title)
-        except UserError as err:  # e.g. an unknown tarot card
-            raise HTTPException(422, str(err)) from err
-        settings = body.model_dump(include=set(gen.TEXT_SETTINGS), exclude_none=True)
-        try:
-            (text,), seed = gen.generate_texts(loaded, [source], settings, body.seed)
-        except ValueError as err:  # transformers rejects combinations (e.g. beams with groups)
-            raise HTTPException(422, f"cannot generate with these settings: {err}") from err
-        return TextResponse(model_name=body.model_name, input=source, text=text,
-                            settings=gen.text_settings(loaded, settings), seed=seed)
+        deadline = time.monotonic() + model_wait_seconds
+        entry = entry_of(body.model_name, "text")
+        with ExitStack() as stack:
+            loaded = lease(stack, entry, deadline)
+            try:
+                source = body.prompt if body.prompt is not None else loaded.datamodule.format_source(body.title)
+            except UserError as err:  # e.g. an unknown tarot card
+                raise HTTPException(422, str(err)) from err
+            settings = body.model_dump(include=set(gen.TEXT_SETTINGS), exclude_none=True)
+            try:
+                (text,), seed = gen.generate_texts(loaded, [source], settings, body.seed, wait=left(deadline))
+            except ModelBusy as err:
+                raise busy(entry.name, str(err)) from None
+            except ValueError as err:  # transformers rejects combinations (e.g. beams with groups)
+                raise HTTPException(422, f"cannot generate with these settings: {err}") from err
+            used = gen.text_settings(loaded, settings)
+        return TextResponse(model_name=body.model_name, input=source, text=text, settings=used, seed=seed)
 
     return app
 
 
-def jsonable(errors: list[dict]) -> list[dict]:
-    """Pydantic errors may carry exceptions in ``ctx``; keep them printable."""
-    return [{k: (str(v) if k == "ctx" else v) for k, v in err.items() if k != "url"} for err in errors]
+def left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

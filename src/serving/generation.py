@@ -2,27 +2,29 @@
 
 Each call holds the model's lock (a pipeline's scheduler and the adapter switch are per-model
 state). Images draw their noise from per-image ``torch.Generator`` seeds; sampled text draws from
-torch's global RNG, so it is seeded per request under one process-wide lock and the RNG state is
-restored afterwards. Same seed, same output, however many requests run at once.
+torch's global RNG, so it is seeded per request under one process-wide lock (which model loading
+also takes: weight initialisation draws from it) and the RNG state is restored afterwards. Same seed,
+same output, however many requests run at once. ``wait`` bounds how long a call waits for those locks
+(None: as long as it takes); past it, ``ModelBusy``.
 """
 
 import base64
 import io
 import secrets
 import threading
-from contextlib import contextmanager, nullcontext
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from src.serving.loading import LoadedModel
+from src.serving.loading import GLOBAL_RNG, LoadedModel, ModelBusy
 
 TEXT_SETTINGS = ("num_beams", "temperature", "top_p", "do_sample", "repetition_penalty", "no_repeat_ngram_size",
                  "max_new_tokens")
 IMAGE_SETTINGS = ("num_inference_steps", "guidance_scale")
-_GLOBAL_RNG = threading.Lock()
 
 
 def new_seed() -> int:
@@ -30,9 +32,15 @@ def new_seed() -> int:
 
 
 @contextmanager
-def seeded_global_rng(seed: int):
-    with _GLOBAL_RNG, torch.random.fork_rng():
-        torch.manual_seed(seed)
+def holding(locks: list[threading.Lock], wait: float | None):
+    """All ``locks``, in order, each within what is left of ``wait`` seconds; else ``ModelBusy``."""
+    deadline = None if wait is None else time.monotonic() + wait
+    with ExitStack() as stack:
+        for lock in locks:
+            timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not lock.acquire(timeout=timeout):
+                raise ModelBusy("the model is busy with other requests")
+            stack.callback(lock.release)
         yield
 
 
@@ -46,23 +54,28 @@ def text_settings(loaded: LoadedModel, overrides: dict[str, Any] | None = None) 
 
 
 def generate_texts(loaded: LoadedModel, sources: list[str], settings: dict[str, Any] | None = None,
-                   seed: int | None = None) -> tuple[list[str], int | None]:
+                   seed: int | None = None, wait: float | None = None) -> tuple[list[str], int | None]:
     """Texts for model inputs already formatted (``datamodule.format_source``); the seed used when sampling."""
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     sampling = bool(text_settings(loaded, settings).get("do_sample"))
     if sampling and seed is None:
         seed = new_seed()
     batch = _to_device(loaded.datamodule.prompt_batch(sources), loaded.device)
-    with loaded.lock, loaded.adapters(), seeded_global_rng(seed) if sampling else nullcontext():
-        texts = loaded.module.generate_texts(batch, settings)
+    with holding([loaded.lock, GLOBAL_RNG] if sampling else [loaded.lock], wait), loaded.adapters():
+        if sampling:
+            with torch.random.fork_rng():  # the global RNG, restored afterwards (under GLOBAL_RNG)
+                torch.manual_seed(seed)
+                texts = loaded.module.generate_texts(batch, settings)
+        else:
+            texts = loaded.module.generate_texts(batch, settings)
     return texts, seed if sampling else None
 
 
 def generate_images(loaded: LoadedModel, prompts: list[str], seeds: list[int],
-                    settings: dict[str, Any] | None = None) -> list[Image.Image]:
+                    settings: dict[str, Any] | None = None, wait: float | None = None) -> list[Image.Image]:
     """One image per prompt, each from its own seed."""
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
-    with loaded.lock, loaded.adapters():
+    with holding([loaded.lock], wait), loaded.adapters():
         images = loaded.module.generate_images(prompts, seeds, settings)
     return [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in images]
 

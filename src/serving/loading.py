@@ -4,9 +4,10 @@ bounded number of them in memory."""
 import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ from src.targets import EvalTarget, load_target_weights, resolve_target, with_ru
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "mps")
+# held by whatever draws from torch's global RNG in a server: seeded sampling (generation.py) and building a
+# model (weight initialisation), so a load in one thread cannot change another request's seeded sample
+GLOBAL_RNG = threading.Lock()
 
 
 def check_device(device: str) -> torch.device:
@@ -72,11 +76,12 @@ def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> Load
         if "metrics" in cfg.model:  # serving computes no FID/CLIP: do not build (or download) their models
             cfg.model.metrics = None
     kind = kind_of(family_of(cfg.model))
-    if kind == "image":  # the image datamodule only feeds training and evaluation
-        module, datamodule = instantiate_config(cfg.model), None
-    else:
-        module, datamodule = build_model_and_data(cfg)
-    load_target_weights(module, target)
+    with GLOBAL_RNG:
+        if kind == "image":  # the image datamodule only feeds training and evaluation
+            module, datamodule = instantiate_config(cfg.model), None
+        else:
+            module, datamodule = build_model_and_data(cfg)
+        load_target_weights(module, target)  # an adapter's layers are initialised before its weights load
     module.eval()
     if not cfg.model.get("quantization"):  # k-bit weights are placed by bitsandbytes when loading
         module.to(torch_device)
@@ -92,45 +97,115 @@ def load_from_command_line(cfg: DictConfig) -> tuple[EvalTarget, LoadedModel]:
     return target, load_model(cfg, target, cfg.device)
 
 
+class ModelBusy(Exception):
+    """No slot or lock for a model within the request's wait: the server answers 503 with Retry-After."""
+
+
+@dataclass
+class CacheStats:
+    resident: int  # models in memory now, counting one being loaded
+    max_resident: int  # the most there ever were: never above max_loaded
+    loads: int
+    evictions: int
+
+
 class ModelCache:
     """At most ``max_loaded`` models in memory, least recently used evicted first; thread-safe.
 
-    Loads run one at a time (two requests for a model that is loading get the same one); lookups of
-    loaded models never wait for a load.
+    A model is used through ``lease``: while leased it is never evicted, so a generation in flight
+    keeps its model and the count of resident models is exact. A load first evicts an idle model
+    (never loads then evicts), so ``max_loaded`` holds at every instant. When every resident model is
+    in use, or the model is being loaded by another request, a request waits up to ``wait`` seconds,
+    then gets ``ModelBusy``. Two requests for a model that is loading share one load.
     """
 
     def __init__(self, load: Callable[[Any], LoadedModel], max_loaded: int):
         if max_loaded < 1:
             raise UserError(f"max_loaded_models={max_loaded} must be at least 1")
         self._load, self.max_loaded = load, max_loaded
-        self._models: OrderedDict[Hashable, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
+        self._models: OrderedDict[Hashable, LoadedModel] = OrderedDict()  # least recently used first
+        self._users: dict[Hashable, int] = {}
+        self._loading: set[Hashable] = set()
+        self._changed = threading.Condition()
+        self._stats = CacheStats(0, 0, 0, 0)
 
-    def _lookup(self, key: Hashable) -> LoadedModel | None:
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-        return None
+    @contextmanager
+    def lease(self, key: Hashable, spec: Any, wait: float | None = None):
+        """The model for ``key`` (loading ``spec`` if needed), kept resident until the block ends."""
+        loaded = self._acquire(key, spec, None if wait is None else time.monotonic() + wait)
+        try:
+            yield loaded
+        finally:
+            with self._changed:
+                self._users[key] -= 1
+                if not self._users[key]:
+                    del self._users[key]
+                self._changed.notify_all()
 
     def get(self, key: Hashable, spec: Any) -> LoadedModel:
-        loaded = self._lookup(key)
-        if loaded is not None:
-            return loaded
-        with self._load_lock:
-            loaded = self._lookup(key)
-            if loaded is not None:
-                return loaded
-            loaded = self._load(spec)
-            with self._lock:
-                self._models[key] = loaded
-                while len(self._models) > self.max_loaded:
-                    evicted, _ = self._models.popitem(last=False)
-                    log.info("evicted %s from memory (max_loaded_models=%d)", evicted, self.max_loaded)
-            gc.collect()
+        """The model for ``key`` without holding it (it may be evicted as soon as another model is needed)."""
+        with self.lease(key, spec) as loaded:
             return loaded
 
+    def _acquire(self, key: Hashable, spec: Any, deadline: float | None) -> LoadedModel:
+        evicted = False
+        with self._changed:
+            while True:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    self._users[key] = self._users.get(key, 0) + 1
+                    return self._models[key]
+                if key not in self._loading:
+                    if len(self._models) + len(self._loading) < self.max_loaded:
+                        self._loading.add(key)
+                        self._note_resident()
+                        break
+                    if self._evict_one_idle():
+                        evicted = True
+                        continue
+                if deadline is None:
+                    self._changed.wait()
+                elif not self._changed.wait(max(0.0, deadline - time.monotonic())):
+                    raise ModelBusy(f"{key[0] if isinstance(key, tuple) else key} is loading" if key in self._loading
+                                    else f"all {self.max_loaded} loaded models are in use")
+        if evicted:
+            gc.collect()  # free the evicted model before this load allocates
+        try:
+            loaded = self._load(spec)
+        except BaseException:
+            with self._changed:
+                self._loading.discard(key)
+                self._note_resident()
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            self._loading.discard(key)
+            self._models[key] = loaded
+            self._users[key] = self._users.get(key, 0) + 1
+            self._stats.loads += 1
+            self._changed.notify_all()
+        return loaded
+
+    def _evict_one_idle(self) -> bool:
+        """Drop the least recently used model no request holds; False when all are in use."""
+        victim = next((k for k in self._models if not self._users.get(k)), None)
+        if victim is None:
+            return False
+        del self._models[victim]
+        self._stats.evictions += 1
+        self._note_resident()
+        log.info("evicted %s from memory (max_loaded_models=%d)", victim, self.max_loaded)
+        return True
+
+    def _note_resident(self) -> None:
+        self._stats.resident = len(self._models) + len(self._loading)
+        self._stats.max_resident = max(self._stats.max_resident, self._stats.resident)
+
     def keys(self) -> list[Hashable]:
-        with self._lock:
+        """Resident models, least recently used first."""
+        with self._changed:
             return list(self._models)
+
+    def stats(self) -> CacheStats:
+        with self._changed:
+            return CacheStats(**vars(self._stats))

@@ -3,7 +3,9 @@
 A run is a directory under the logs directory with ``.hydra/config.yaml``; its name is that
 directory's path relative to the logs directory (``train/runs/2026-11-22_03-00-00``). Requests
 name models only by the names listed here: a name is looked up in the scanned listing, never
-joined onto a path, and the scan drops anything that resolves outside the logs directory.
+joined onto a path, and the scan drops anything that resolves outside the logs directory. A run whose
+config names a ``_target_`` lorafit does not trust (``src.trust``) is not offered: nothing of it is
+imported, and requests for its models are refused with the reason.
 """
 
 import json
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src.targets import EvalTarget, is_adapter_dir, run_dir_of
+from src.trust import Refused, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +91,14 @@ def find_run_dirs(logs_dir: Path) -> list[Path]:
 
 
 @lru_cache(maxsize=1024)
-def run_info(run_dir: Path, config_mtime: int, report_mtime: int) -> tuple[str, str, str] | None:
-    """(family, base, best checkpoint file name) of a run; cached until its config or report changes."""
+def run_info(run_dir: Path, config_mtime: int, report_mtime: int) -> tuple[str, str, str] | str | None:
+    """(family, base, best checkpoint file name) of a run, or why its config is refused; cached until its
+    config or report changes."""
     try:
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        cfg = read_run_config(run_dir)  # before get_class imports anything the config names
         family = family_of(cfg.model)
+    except Refused as err:
+        return str(err)
     except Exception as err:  # a broken or foreign config: the run is skipped, the server keeps going
         log.warning("skipping %s: cannot read its model config (%s)", run_dir, err)
         return None
@@ -103,7 +109,7 @@ def run_info(run_dir: Path, config_mtime: int, report_mtime: int) -> tuple[str, 
 
 def run_entries(run_dir: Path, logs_dir: Path) -> list[ModelEntry]:
     """The run's checkpoints (the best one recommended), ``last``, exported adapter and base model;
-    nothing for a run without weights."""
+    nothing for a run without weights. ``Refused`` for a run whose config is not trusted."""
     checkpoints, adapter = run_dir / "checkpoints", run_dir / "adapter"
     files = sorted(checkpoints.glob("*.ckpt"), key=_checkpoint_order) if checkpoints.is_dir() else []
     files = [f for f in files if not f.name.startswith(".") and _inside(f, logs_dir)]
@@ -113,6 +119,8 @@ def run_entries(run_dir: Path, logs_dir: Path) -> list[ModelEntry]:
     info = run_info(run_dir, _mtime(run_dir / ".hydra" / "config.yaml"), _mtime(run_dir / "metrics.json"))
     if info is None:
         return []
+    if isinstance(info, str):
+        raise Refused(info)
     family, base, best = info
     run = run_dir.relative_to(logs_dir).as_posix()
     common = dict(kind=kind_of(family), family=family, run=run, base=base)
@@ -151,16 +159,27 @@ class ModelRegistry:
         self.logs_dir = Path(logs_dir).expanduser().resolve()
         self.base_models = list(base_models or [])
         self._entries: dict[str, ModelEntry] = {}
+        self._refused: dict[str, str] = {}  # run name → why its config is not trusted
         self._lock = threading.Lock()
         self.scan()
 
     def scan(self) -> list[ModelEntry]:
-        entries = list(self.base_models)
+        entries, refused = list(self.base_models), {}
         for run_dir in find_run_dirs(self.logs_dir):
-            entries += run_entries(run_dir, self.logs_dir)
+            try:
+                entries += run_entries(run_dir, self.logs_dir)
+            except Refused as err:
+                refused[run_dir.relative_to(self.logs_dir).as_posix()] = str(err)
         with self._lock:
-            self._entries = {e.name: e for e in entries}
+            for run in refused.keys() - self._refused.keys():
+                log.warning("not serving %s: %s", run, refused[run])
+            self._entries, self._refused = {e.name: e for e in entries}, refused
         return entries
+
+    def refusal(self, name: str) -> str | None:
+        """Why ``name`` (a model of a refused run) is not served, else None."""
+        with self._lock:
+            return next((why for run, why in self._refused.items() if name.startswith(f"{run}/")), None)
 
     def list(self) -> list[ModelEntry]:
         return self.scan()  # checkpoints written since the last request show up

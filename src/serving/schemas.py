@@ -29,7 +29,17 @@ class ImageResponse(BaseModel):
     prompt: str
     images: list[str] = Field(description="base64-encoded PNGs")
     seeds: list[int]
-    files: list[str] = Field(description="where the server saved each image")
+    files: list[str] = Field(description="the saved images' names in the server's image directory "
+                                         "(empty unless the request said save: true)")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    resident_models: int = Field(description="models in memory now (one being loaded included)")
+    max_resident_models: int = Field(description="the most models ever in memory at once")
+    max_loaded_models: int
+    loads: int
+    evictions: int
 
 
 class TextResponse(BaseModel):
@@ -82,5 +92,7 @@ def request_models(limits: Any) -> SimpleNamespace:
                                              description="default: the model's configured value")
         seed: int | None = Field(None, ge=0, lt=2**32 - int(limits.max_num_images),
                                  description="image i uses seed + i; the same seed gives the same images")
+        save: bool = Field(False, description="also keep the images in the server's image directory (the oldest "
+                                              "saved images are deleted past its cap)")
 
     return SimpleNamespace(TextSettings=TextSettings, TextRequest=TextRequest, ImageRequest=ImageRequest)

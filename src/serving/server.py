@@ -1,6 +1,7 @@
 """``serve.py``: scan the logs directory, then run the API with uvicorn until stopped."""
 
 import logging
+import os
 import socket
 from functools import partial
 from pathlib import Path
@@ -11,6 +12,8 @@ from omegaconf import DictConfig
 from src.errors import UserError
 from src.serving.app import create_app
 from src.serving.bases import base_model_entries
+from src.serving.guards import exposure_warning
+from src.serving.images import ImageStore
 from src.serving.loading import ModelCache, check_device, load_model
 from src.serving.registry import ModelEntry, ModelRegistry
 
@@ -41,7 +44,18 @@ def build_app(cfg: DictConfig):
     bases = base_model_entries("serve", config_dir, cfg.base_data) if cfg.list_base_models else []
     registry = ModelRegistry(logs_dir, bases)
     cache = ModelCache(partial(load_entry, cfg, cfg.device), cfg.max_loaded_models)
-    return create_app(registry, cache, cfg.output_dir, cfg.limits), registry
+    if cfg.max_body_bytes < 1024 or cfg.model_wait_seconds <= 0:
+        raise UserError(f"max_body_bytes={cfg.max_body_bytes} must be at least 1024 and model_wait_seconds="
+                        f"{cfg.model_wait_seconds} above 0 — fix them in conf/serve.yaml or on the command line")
+    app = create_app(registry, cache, ImageStore(cfg.output_dir, cfg.max_saved_images), cfg.limits,
+                     max_body_bytes=cfg.max_body_bytes, model_wait_seconds=cfg.model_wait_seconds,
+                     api_key=api_key_of(cfg))
+    return app, registry
+
+
+def api_key_of(cfg: DictConfig) -> str | None:
+    """``api_key=`` or else the LORAFIT_API_KEY environment variable (which stays out of the run's saved config)."""
+    return str(cfg.get("api_key") or os.environ.get("LORAFIT_API_KEY") or "") or None
 
 
 def serve(cfg: DictConfig) -> None:
@@ -49,6 +63,9 @@ def serve(cfg: DictConfig) -> None:
     app, registry = build_app(cfg)
     entries = registry.list()
     url = f"http://{cfg.host}:{cfg.port}"
-    log.info("serving %d models (%d runs) from %s at %s — API docs at %s/docs; images saved to %s",
+    log.info("serving %d models (%d runs) from %s at %s — API docs at %s/docs; images saved (on request) to %s",
              len(entries), len({e.run for e in entries if e.run}), registry.logs_dir, url, url, cfg.output_dir)
+    warning = exposure_warning(cfg.host, api_key_of(cfg))
+    if warning:
+        log.warning(warning)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, log_level=cfg.log_level)
