@@ -1,14 +1,20 @@
 """What running on several processes needs beyond Lightning's defaults: evaluation shards without
 repeated samples, FSDP wrapping of a model's own blocks, and knowing whether a cluster launched us."""
 
+import logging
+import signal
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from src.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # the cluster environments Lightning detects by itself (Kubeflow and MPI need an explicit plugin)
 CLUSTER_ENVIRONMENTS = {"SLURM": SLURMEnvironment, "torchrun": TorchElasticEnvironment, "LSF": LSFEnvironment}
@@ -93,3 +99,74 @@ def unshare_metric_states(module: torch.nn.Module) -> None:
             elif isinstance(value, list):
                 setattr(metric, name, [v.clone() if isinstance(v, torch.Tensor) and v.is_shared() else v
                                        for v in value])
+
+
+# -- Ctrl+C / SIGTERM: stop between training steps, every process at the same one ------------------------------
+def spawns_workers(trainer: Any) -> bool:
+    """``strategy=ddp_spawn``: ``fit`` runs in worker processes that the calling process starts and waits for."""
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+
+
+def is_spawning_parent(trainer: Any) -> bool:
+    """The process that started ddp_spawn workers: it trains nothing, so it holds no state worth saving."""
+    return spawns_workers(trainer) and not torch.distributed.is_initialized()
+
+
+def is_spawned_worker(trainer: Any) -> bool:
+    return spawns_workers(trainer) and torch.distributed.is_initialized()
+
+
+class StopOnSignal:
+    """Ctrl+C and SIGTERM stop training after the current optimizer step (a second Ctrl+C stops at once).
+
+    A KeyboardInterrupt raised at an arbitrary point could land between the optimizer step and the step
+    counter (the saved state would replay a step, so a resumed run would not continue the same run) or leave one
+    rank inside a collective the others never join. So the handler only notes the signal, and after each
+    training step every process agrees (one all-reduce) whether any got one. Lightning runs its interrupt
+    handling in the process that called ``fit``; under ddp_spawn that process holds no weights, so the workers
+    handle the signal here. Torch's spawn sends SIGINT to a worker whose parent dies, so a parent killed by
+    SIGTERM stops them this way as well. (Not during validation: ranks may hold different numbers of batches.)
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), again_stops_now: bool = True):
+        # not in ddp_spawn workers: the launcher passes the Ctrl+C that already reached them on once more
+        self.signals, self.again_stops_now = signals, again_stops_now
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.again_stops_now and self.signum == signal.SIGINT and signum == signal.SIGINT:
+            self.uninstall()
+            raise KeyboardInterrupt  # pressed again: now
+        if not self.signum and signum == signal.SIGINT:
+            log.warning("Ctrl+C: stopping after the current training step (press again to stop now)")
+        self.signum = self.signum or signum
+
+    def agreed_signal(self, trainer: Any) -> int:
+        """The signal any process got (0: none); a collective, so every process must call it at the same step."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            return self.signum
+        flag = torch.tensor([int(self.signum)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    @staticmethod
+    def exception_for(signum: int) -> BaseException:
+        """What Lightning raises for the signal in a single process (the run report names the stop after it)."""
+        return SIGTERMException() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def forward_interrupt_to_workers(trainer: Any) -> None:
+    """From the spawning parent: pass Ctrl+C on to the workers (a ``kill -INT`` of the parent reaches no one else);
+    they stop after their current step, save, and the parent's exit waits for them."""
+    trainer.strategy.launcher.kill(signal.SIGINT)

@@ -22,9 +22,10 @@ def train(cfg: DictConfig) -> float | None:
     check_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path={ckpt_path} is not a file — pass a checkpoint such as "
-                        "<run dir>/checkpoints/last.ckpt")
+    if ckpt_path:  # missing, truncated, foreign, or of another LoRA config: one line, before anything is built
+        from src.resume_check import check_resume_checkpoint
+
+        check_resume_checkpoint(ckpt_path, cfg)
 
     check_launcher(cfg)
     module, datamodule = build_model_and_data(cfg)
@@ -32,6 +33,9 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.prepare_data()
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                                      logger=instantiate_group(cfg.get("logger")) or False)
+    # again, now that everything is built: building a model (a tiny one on first use, a LoRA init) or reading
+    # data draws from the seeded RNG, so without this a run whose caches were cold would train differently
+    L.seed_everything(cfg.seed, workers=True)
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

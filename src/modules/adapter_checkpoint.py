@@ -1,8 +1,24 @@
 """Adapter-only checkpoints: a LightningModule mixin shared by every model family."""
 
+from typing import Any
+
 import torch
 
 from src.errors import UserError
+
+# the checkpoint key naming what the adapter was trained as: family, base model, LoRA settings (plain values,
+# so the file loads with torch.load(weights_only=True)); resume_check.py compares it with a resumed run's config
+ADAPTER_KEY = "lorafit_adapter"
+
+
+def lora_settings(lora: Any) -> dict[str, Any]:
+    """A peft ``LoraConfig``'s settings that decide the adapter's shape, scale and placement, as plain values."""
+    targets = lora.target_modules
+    return {"r": lora.r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout,
+            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+            "use_rslora": bool(getattr(lora, "use_rslora", False)), "use_dora": bool(getattr(lora, "use_dora", False)),
+            "rank_pattern": dict(getattr(lora, "rank_pattern", None) or {}),
+            "alpha_pattern": dict(getattr(lora, "alpha_pattern", None) or {})}
 
 
 class TrainableStateDictMixin:
@@ -13,6 +29,14 @@ class TrainableStateDictMixin:
     """
 
     strict_loading = False
+
+    def adapter_record(self) -> dict[str, Any]:
+        """What a resumed run must share with this one (families set ``encoding``, ``pretrained``, ``lora_config``)."""
+        return {"family": self.encoding, "base": str(self.pretrained), **lora_settings(self.lora_config)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[ADAPTER_KEY] = self.adapter_record()
+        super().on_save_checkpoint(checkpoint)
 
     def trainable_parameter_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
@@ -45,11 +69,10 @@ class TrainableStateDictMixin:
 
 
 def trainable_state_from_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint file, loaded on the CPU."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or not a torch file
-        raise UserError(f"cannot read checkpoint {path}: {err} — pass a .ckpt written by train.py") from err
+    """The ``state_dict`` of a Lightning checkpoint file, loaded on the CPU with ``weights_only=True``."""
+    from src.trust import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path} is not a Lightning checkpoint (no state_dict) — pass a .ckpt written by train.py")
     return checkpoint["state_dict"]
