@@ -155,6 +155,83 @@ def test_fid_sample_size_warning(images, dim, expected):
     assert (expected in warnings[0]) if expected else warnings == []
 
 
+
+def test_verdicts_follow_the_paired_intervals_and_changes_are_given_versus_previous_and_best():
+    best = scores(7, shift=0.2)
+    wobble = np.where(np.arange(N) % 2 == 0, 0.2, -0.24)  # mean -0.02: a larger change, but a wide interval
+    rows = [row("base", None, np.zeros(N), baseline=True), row("checkpoint-100", 100, best),
+            row("checkpoint-200", 200, best + wobble), row("checkpoint-300", 300, best - 0.01)]
+    other_samples = row("checkpoint-400", 400, best - 0.3)
+    other_samples.sample_ids = [i + 1000 for i in range(N)]
+    report = build_report([*rows, other_samples], monitor="val/rougeL", mode="max", split="val", settings=FAST)
+    by_name = {r["name"]: r for r in report["rows"]}
+    # the verdict is the paired interval's, not the size of the change: -2% is noise here, -1% a steady loss
+    assert by_name["checkpoint-200"]["difference"]["rougeL"]["low"] < 0 < by_name["checkpoint-200"]["difference"][
+        "rougeL"]["high"]
+    assert by_name["checkpoint-300"]["difference"]["rougeL"]["high"] < 0
+    assert {n: r["verdict"] for n, r in by_name.items()} == {
+        "base": "worse than the best", "checkpoint-100": "best", "checkpoint-200": "within noise of the best",
+        "checkpoint-300": "worse than the best", "checkpoint-400": None}
+    assert "no verdict for checkpoint-400" in " ".join(report["notes"])
+
+    # Δ vs previous: the checkpoint saved before it on the same samples, paired; Δ vs best: the recommended one
+    assert by_name["base"]["previous"] is None and by_name["checkpoint-100"]["previous"] is None
+    assert by_name["checkpoint-200"]["previous"] == "checkpoint-100"
+    assert by_name["checkpoint-300"]["previous"] == "checkpoint-200"
+    later = by_name["checkpoint-300"]
+    assert later["change_previous"]["rougeL"] == pytest.approx((best - 0.01).mean() - (best + wobble).mean())
+    assert later["difference_previous"]["rougeL"]["estimate"] == pytest.approx(-0.01 - wobble.mean())  # +0.01
+    assert later["change"]["rougeL"] == pytest.approx(-0.01)
+    assert later["difference"]["rougeL"]["estimate"] == pytest.approx(-0.01)
+    assert by_name["checkpoint-400"]["difference_previous"] == {}  # other samples: no pairing, only the change
+    assert by_name["checkpoint-400"]["change_previous"]["rougeL"] == pytest.approx(-0.29)
+
+    text = to_markdown(report)
+    assert "| checkpoint | step | verdict | rougeL |" in text
+    assert "| checkpoint | step | rougeL Δ vs previous | rougeL Δ vs best |" in text
+    assert "| checkpoint-300 | 300 | worse than the best |" in text
+    assert "| checkpoint-200 | 200 | within noise of the best |" in text
+    assert "| **checkpoint-100** (recommended) | 100 | best |" in text
+    assert "| checkpoint-300 | 300 | +0.01 [" in text and "| -0.01 [-0.01, -0.01] significant |" in text
+    assert "| checkpoint-400 | 400 | -0.29 (-" in text
+
+
+def test_verdict_for_a_lower_is_better_monitor():
+    best = scores(8, shift=0.2)
+    rows = [Evaluated(name, step, {"fid": float(v.mean())}, {"fid": mean_statistic(v)}, list(range(N)))
+            for name, step, v in [("checkpoint-1", 1, best + 0.2), ("checkpoint-2", 2, best),
+                                  ("checkpoint-3", 3, best[::-1].copy())]]
+    report = build_report(rows, monitor="val/fid", mode="min", split="val", settings=FAST)
+    assert [r["verdict"] for r in report["rows"]] == ["worse than the best", "best", "within noise of the best"]
+
+
+def test_side_by_side_pairs_each_input_with_both_outputs_and_their_sentence_scores():
+    import sacrebleu
+
+    from src.comparison.samples import side_by_side
+    from src.metrics.text import sentence_rouge_l
+
+    refs = ["a red leather boot with laces", "uma carta de tarô sobre o sol", "a blue canvas sneaker"]
+    tuned_out = ["a red leather boot", "uma carta sobre o sol", "a blue sneaker"]
+    base_out = ["boot", "sol", "a blue canvas sneaker for running"]
+
+    def texts(outputs, order):
+        return [{"uid": f"u{i}", "input": f"title {i}", "reference": refs[i], "prediction": outputs[i],
+                 "rougeL": sentence_rouge_l([outputs[i]], [refs[i]])[0]} for i in order]
+
+    lines = side_by_side(texts(tuned_out, [0, 1, 2]), texts(base_out, [2, 0, 1]), "checkpoint-100")
+    assert [(r["uid"], r["input"], r["reference"], r["base"], r["recommended"]) for r in lines] == [
+        (f"u{i}", f"title {i}", refs[i], base_out[i], tuned_out[i]) for i in range(3)]
+    for r in lines:
+        assert r["rougeL_base"] == sentence_rouge_l([r["base"]], [r["reference"]])[0]
+        assert r["rougeL_recommended"] == sentence_rouge_l([r["recommended"]], [r["reference"]])[0]
+        assert r["bleu_base"] == pytest.approx(sacrebleu.sentence_bleu(r["base"], [r["reference"]]).score, abs=1e-4)
+        assert r["bleu_recommended"] == pytest.approx(sacrebleu.sentence_bleu(r["recommended"], [r["reference"]]).score,
+                                                      abs=1e-4)
+        assert r["checkpoint"] == "checkpoint-100"
+    without_base = side_by_side(texts(tuned_out, [0, 1, 2]), None, "checkpoint-100")
+    assert {(r["base"], r["rougeL_base"], r["bleu_base"]) for r in without_base} == {(None, None, None)}
+
 # -- the sweep leaderboard ------------------------------------------------------------------------------
 def fake_run(directory: Path, overrides: list[str], score: float | None, mode: str = "max") -> Path:
     """A run directory as train.py leaves it, as far as the leaderboard reads it."""
@@ -247,6 +324,42 @@ def test_compare_every_checkpoint_of_a_text_run(trained_run, tmp_path):
     text = (out / "report.md").read_text()
     assert f"## Recommended: {chosen['name']} (step {chosen['step']})" in text and "| base | – |" in text
 
+    # each checkpoint beside the one saved before it and beside the best, with a verdict from the intervals
+    curve = report["rows"][1:]
+    assert curve[0]["previous"] is None and base["previous"] is None
+    for earlier, later in zip(curve, curve[1:]):
+        assert later["previous"] == earlier["name"] and set(later["difference_previous"]) == {"rougeL", "bleu"}
+        for metric in ("rougeL", "bleu", "loss"):
+            assert later["change_previous"][metric] == pytest.approx(later["metrics"][metric]
+                                                                     - earlier["metrics"][metric])
+    for r in report["rows"]:
+        diff = r["difference"].get("rougeL")
+        assert r["verdict"] == ("best" if r["recommended"] else "within noise of the best"
+                                if diff["low"] <= 0 <= diff["high"] else "worse than the best")
+    assert base["verdict"] == "worse than the best"
+    assert "rougeL Δ vs previous | rougeL Δ vs best" in text and "side_by_side.jsonl" in text
+
+    # the outputs side by side: base and recommended per input, sentence scores recomputed here
+    import sacrebleu
+
+    from src.metrics.text import sentence_rouge_l
+
+    lines = [json.loads(line) for line in (out / "side_by_side.jsonl").open()]
+    base_rows = [json.loads(line) for line in (out / "base" / "predictions.jsonl").open()]
+    chosen_rows = [json.loads(line) for line in (out / chosen["outputs"] / "predictions.jsonl").open()]
+    assert report["side_by_side"] == "side_by_side.jsonl" and len(lines) == 60
+    assert [(r["uid"], r["input"], r["reference"], r["base"], r["recommended"]) for r in lines] == [
+        (c["uid"], c["input"], c["reference"], b["prediction"], c["prediction"])
+        for b, c in zip(base_rows, chosen_rows, strict=True)]
+    assert {r["checkpoint"] for r in lines} == {chosen["name"]}
+    for who in ("base", "recommended"):
+        outputs, refs = [r[who] for r in lines], [r["reference"] for r in lines]
+        assert [r[f"rougeL_{who}"] for r in lines] == pytest.approx(sentence_rouge_l(outputs, refs), abs=1e-6)
+        assert [r[f"bleu_{who}"] for r in lines] == pytest.approx(
+            [sacrebleu.sentence_bleu(o, [ref]).score for o, ref in zip(outputs, refs)], abs=1e-4)
+    assert np.mean([r["rougeL_recommended"] for r in lines]) == pytest.approx(chosen["metrics"]["rougeL"], abs=1e-5)
+    assert np.mean([r["rougeL_base"] for r in lines]) == pytest.approx(base["metrics"]["rougeL"], abs=1e-5)
+
 
 @pytest.mark.slow
 def test_sweep_reevaluation_pairs_identical_checkpoints_as_not_significant(trained_run, tmp_path):
@@ -292,3 +405,40 @@ def test_compare_a_diffusion_run_with_fid_intervals_and_warning(cache_dir, tmp_p
     notes = " ".join(report["notes"])
     assert "FID from 8 generated images with 64-dimensional features" in notes and "no base-model row" in notes
     assert (out / "metrics_by_step.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_clip_only_diffusion_run_monitors_clip_and_compares_without_fid(cache_dir, tmp_path):
+    run = tmp_path / "shoes"
+    # InceptionV3 from a file that does not exist: the run succeeds only if no feature extractor is built
+    run_cli("train.py", "experiment=quickstart_shoes", "logger=csv", "trainer.enable_progress_bar=false",
+            "data.batch_size=4", "trainer.max_steps=4", "val_every_n_steps=2", "test=false",
+            "model.metrics.include=[clip]", "model.monitor=val/clip_mean", "model.mode=max",
+            "model.metrics.feature_extractor.kind=inception",
+            f"model.metrics.feature_extractor.weights_path={tmp_path / 'no-inception.pth'}", f"hydra.run.dir={run}")
+    summary = read_json(run / "metrics.json")
+    assert summary["best_checkpoint"]["monitor"] == "val/clip_mean"
+    logged = set().union(*(set(row) for row in csv_rows(run)))
+    assert "val/clip_mean" in logged and not {"val/fid", "val/kid"} & logged
+    assert {p.stem for p in (run / "checkpoints").glob("checkpoint-*.ckpt")} == {"checkpoint-2", "checkpoint-4"}
+
+    out = tmp_path / "compare"
+    run_cli("evaluate.py", f"ckpt={run}", "compare=all", "bootstrap.n_resamples=100", f"hydra.run.dir={out}")
+    report = read_json(out / "report.json")
+    assert report["monitor"] == "val/clip_mean" and report["mode"] == "max"
+    assert [r["step"] for r in report["rows"]] == [2, 4]
+    for r in report["rows"]:
+        assert set(r["metrics"]) == {"clip_mean", "clip_min", "clip_max"} and set(r["intervals"]) == {"clip_mean"}
+    best = max(report["rows"], key=lambda r: r["metrics"]["clip_mean"])
+    other = next(r for r in report["rows"] if r is not best)
+    assert best["recommended"] and best["verdict"] == "best" and other["verdict"] in (
+        "within noise of the best", "worse than the best")
+    assert report["rows"][1]["previous"] == "checkpoint-2" and "clip_mean" in report["rows"][1]["difference_previous"]
+    assert not any("FID" in note for note in report["notes"]) and "side_by_side" not in report
+
+
+def csv_rows(run: Path) -> list[dict]:
+    import csv
+
+    return [row for path in run.rglob("metrics.csv") for row in csv.DictReader(path.open())
+            if any(v for k, v in row.items() if k.startswith("val/"))]

@@ -418,3 +418,60 @@ def test_inception_status_names_the_other_problems(fidelity, tmp_path, monkeypat
     assert inception_status(None).startswith("torch-fidelity is installed but does not import (")
     monkeypatch.setattr(torchmetrics.utilities.imports, "_TORCH_FIDELITY_AVAILABLE", False)
     assert inception_status(None).startswith("the InceptionV3 feature extractor needs the torch-fidelity package")
+
+
+# -- CLIP score alone ---------------------------------------------------------------------------------------
+def test_clip_only_builds_no_feature_extractor_and_computes_clip_alone(clip_dir, monkeypatch):
+    import src.metrics.image as image
+
+    def never(*args, **kwargs):
+        raise AssertionError("FID/KID machinery built for a CLIP-only metric")
+
+    monkeypatch.setattr(image, "_torchmetrics_image", never)
+    m = ImageGenerationMetrics(feature_extractor=never, clip_model=clip_dir, include=["clip"])
+    assert m.extractor is None and m.fid is None and m.kid is None
+    m.set_real_images(noise(8, seed=0))  # nothing to keep: no FID
+    m.update(noise(4, seed=1), UNRELATED)
+    out = m.compute()
+    assert set(out) == {"clip_mean", "clip_min", "clip_max"} and m.clip_scores.shape == (4,)
+    assert m.generated_features.numel() == 0  # no features: compare=all builds no FID interval
+    m.reset()
+    m.check_monitor("val/clip_mean")
+    with pytest.raises(UserError, match=r"^model.monitor=val/fid is not computed with model.metrics.include=\[clip\] "
+                                        r"— monitor val/clip_mean .* or add fid to model.metrics.include$"):
+        m.check_monitor("val/fid")
+
+
+def test_metric_selection_builds_the_extractor_only_for_fid_or_kid_and_refuses_nothing():
+    built = []
+
+    def build():
+        built.append(True)
+        return TinyFeatureExtractor(num_features=16)
+
+    m = ImageGenerationMetrics(feature_extractor=build, clip_model=None, include=["fid"], kid_subsets=5)
+    assert built == [True] and m.extractor is not None
+    m.set_real_images(noise(8, seed=0))
+    m.update(noise(4, seed=1), ["a shoe"] * 4)
+    assert set(m.compute()) == {"fid"} and m.generated_features.shape == (4, 16)
+    with pytest.raises(UserError, match=r"^model.metrics.include=\['fid', 'lpips'\] — use a non-empty list of fid, "
+                                        r"kid, clip"):
+        ImageGenerationMetrics(feature_extractor="tiny", clip_model=None, include=["fid", "lpips"])
+    with pytest.raises(UserError, match="nothing to compute"):
+        ImageGenerationMetrics(feature_extractor="tiny", clip_model=None, include=["clip"])
+
+
+def test_the_model_config_selects_clip_alone_without_building_inception(cache_dir, tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    missing = str(tmp_path / "no-inception.pth")  # building InceptionV3 from it would be a UserError
+    overrides = ["experiment=quickstart_shoes", "model.metrics.feature_extractor.kind=inception",
+                 f"model.metrics.feature_extractor.weights_path={missing}"]
+    cfg = compose_config("train", [*overrides, "model.metrics.include=[clip]"], tmp_path)
+    clip_only = instantiate(cfg.model.metrics)
+    assert clip_only.include == ("clip",) and clip_only.extractor is None and clip_only.logged() == (
+        "clip_mean", "clip_min", "clip_max")
+    with pytest.raises(Exception, match="is not a file"):  # the default include builds it (Hydra wraps the error)
+        instantiate(compose_config("train", overrides, tmp_path).model.metrics)

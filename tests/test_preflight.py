@@ -115,13 +115,31 @@ def test_large_files_are_read_through_a_bounded_sample(cache_dir, tmp_path, monk
     cfg = compose_config("train", ["experiment=quickstart"], tmp_path)
     full = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
     monkeypatch.setattr(preflight_data, "SAMPLE_BYTES", 10_000)
-    monkeypatch.setattr(preflight_data, "SAMPLE_LINES", 100)
+    monkeypatch.setattr(preflight_data, "SAMPLE_RECORDS", 100)
     sampled = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
     assert full["sampled"] is None and full["records_read"] == 602
-    assert "first 100 lines" in sampled["sampled"]
+    assert "first 100 records" in sampled["sampled"]
     # 200 of 602 lines read, scaled by file size: the estimate lands near the true count
     assert abs(sampled["records_read"] - 602) / 602 < 0.25
     assert "stand-in" in sampled["tokenizer"]
+
+
+def test_a_large_json_array_is_sampled_by_its_first_items(cache_dir, tmp_path, monkeypatch):
+    """A byte or line head of a JSON array would be a truncated array, which the reader refuses."""
+    import json
+
+    from src.preflight import data as preflight_data
+
+    cfg = compose_config("train", ["experiment=quickstart"], tmp_path)
+    array = tmp_path / "trn.json"
+    with open(cfg.data.train_file, encoding="utf-8") as f:
+        array.write_text(json.dumps([json.loads(line) for line in f], indent=1), encoding="utf-8")
+    cfg.data.train_file = str(array)
+    monkeypatch.setattr(preflight_data, "SAMPLE_BYTES", 10_000)
+    monkeypatch.setattr(preflight_data, "SAMPLE_RECORDS", 100)
+    sampled = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
+    assert "first 100 records" in sampled["sampled"]
+    assert abs(sampled["records_read"] - 602) / 602 < 0.25
 
 
 def test_activation_estimate_follows_batch_and_checkpointing(cache_dir, tmp_path):
@@ -232,3 +250,13 @@ def test_quantized_weights_count_tied_embeddings_once(cache_dir, tmp_path, monke
     plan = plan_model(compose_config("train", ["experiment=quickstart_causal"], tmp_path).model)  # GPT-2: tied
     monkeypatch.setitem(memory.QUANTIZED_BYTES, "4bit", 4)  # "quantized" at full size: must equal the plain count
     assert memory.quantized_base_bytes(plan, "4bit") == 4 * (plan.total - plan.trainable)
+
+
+def test_clip_only_metrics_need_no_inception(cache_dir, tmp_path):
+    from src.preflight.checks import image_metrics
+
+    cfg = compose_config("train", ["experiment=shoes_sd15", "model.metrics.feature_extractor.weights_path=/nowhere.pth"],
+                         tmp_path)
+    assert any("InceptionV3" in w or "/nowhere.pth" in w for w in image_metrics(cfg.model))
+    cfg.model.metrics.include = ["clip"]
+    assert not any("InceptionV3" in w or "/nowhere.pth" in w for w in image_metrics(cfg.model))

@@ -1,6 +1,7 @@
 """The comparison report: one row per evaluated checkpoint with every metric and its bootstrap interval,
-the change versus the recommended checkpoint, paired intervals for every difference, the recommendation
-and notes (overfitting, selection split, FID sample size); as a dict (report.json) and markdown.
+the change versus the previous checkpoint and versus the recommended one (paired intervals where the samples
+have per-sample scores), a verdict per row from those intervals, the recommendation and notes (overfitting,
+selection split, FID sample size); as a dict (report.json) and markdown.
 
 Pure functions over ``Evaluated`` rows, so the verdicts are tested on synthetic per-sample scores.
 """
@@ -14,6 +15,9 @@ from src.metrics.bootstrap import Statistic, bootstrap_interval, paired_differen
 from src.modules.base import DIRECTIONS
 
 STABLE_FID_IMAGES = 2048  # InceptionV3's feature dimension: fewer images give a singular covariance there
+BEST, WITHIN_NOISE, WORSE = "best", "within noise of the best", "worse than the best"
+# a percentile interval on the better side of a lower point estimate (possible for FID, whose resamples are biased)
+UNCLEAR = "unclear: its interval favours it over the best"
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Evaluated:
     baseline: bool = False
     outputs: str | None = None  # subdirectory holding its metrics.json and predictions
     fid_samples: tuple[int, int] | None = None  # (generated images, feature dimension)
+    texts: list[dict] = field(default_factory=list)  # text rows: uid, input, reference, prediction, rougeL
 
 
 @dataclass(frozen=True)
@@ -100,22 +105,27 @@ def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
     names = [key] + [m for r in rows for m in r.metrics if m != key]
     metric_names = list(dict.fromkeys(names))
 
+    previous = {} if across_runs else previous_checkpoints(rows)
     table = []
     for row in rows:
         n = len(row.sample_ids or [])
+        before = previous.get(row.name)
         entry = {"name": row.name, "step": row.step, "path": row.path, "baseline": row.baseline,
                  "outputs": row.outputs, "recommended": row is best, "samples": n, "metrics": row.metrics,
-                 "intervals": {}, "change_pct": {}, "difference": {}}
-        paired = row is not best and n > 0 and row.sample_ids == best.sample_ids
+                 "intervals": {}, "change": {}, "change_pct": {}, "difference": {},
+                 "previous": before.name if before else None, "change_previous": {}, "change_previous_pct": {},
+                 "difference_previous": {}}
         for metric in metric_names:
-            entry["change_pct"][metric] = None if row is best else percent_change(row.metrics.get(metric),
-                                                                                 best.metrics.get(metric))
             if metric in row.statistics and n:
                 entry["intervals"][metric] = bootstrap_interval(row.statistics[metric], n,
                                                                 **settings.for_metric(metric)).to_dict()
-            if paired and metric in row.statistics and metric in best.statistics:
-                entry["difference"][metric] = paired_difference_interval(
-                    row.statistics[metric], best.statistics[metric], n, **settings.for_metric(metric)).to_dict()
+            if row is best:  # it is the reference of every change
+                entry["change"][metric] = entry["change_pct"][metric] = None
+            else:
+                compare_rows(entry, "", row, best, metric, settings)
+            if before is not None:
+                compare_rows(entry, "_previous", row, before, metric, settings)
+        entry["verdict"] = verdict(entry, key, mode)
         table.append(entry)
 
     best_entry = next(e for e in table if e["recommended"])
@@ -131,9 +141,51 @@ def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
         "notes": [*(notes or []),
                   *([] if across_runs else overfitting_notes(best_entry, checkpoints, key, selected_by, mode)),
                   *baseline_notes(best_entry, table, key, selected_by, mode),
-                  *fid_notes(rows), *selection_notes(split)],
+                  *verdict_notes(table, selected_by), *fid_notes(rows), *selection_notes(split)],
     }
     return report
+
+
+def previous_checkpoints(rows: list[Evaluated]) -> dict[str, Evaluated]:
+    """Each checkpoint's predecessor on the training curve (by step); the first one and the base model have none."""
+    curve = sorted((r for r in rows if not r.baseline and r.step is not None), key=lambda r: r.step)
+    return {later.name: earlier for earlier, later in zip(curve, curve[1:])}
+
+
+def compare_rows(entry: dict, suffix: str, row: Evaluated, other: Evaluated, metric: str,
+                 settings: BootstrapSettings) -> None:
+    """``row`` minus ``other`` into ``entry[change<suffix>]`` (absolute), ``change<suffix>_pct`` and, when both
+    were scored on the same samples with per-sample statistics, the paired interval ``difference<suffix>``."""
+    value, reference = row.metrics.get(metric), other.metrics.get(metric)
+    entry["change" + suffix][metric] = value - reference if finite(value) and finite(reference) else None
+    entry["change" + suffix + "_pct"][metric] = percent_change(value, reference)
+    n = len(row.sample_ids or [])
+    if n and row.sample_ids == other.sample_ids and metric in row.statistics and metric in other.statistics:
+        entry["difference" + suffix][metric] = paired_difference_interval(
+            row.statistics[metric], other.statistics[metric], n, **settings.for_metric(metric)).to_dict()
+
+
+def verdict(entry: dict, key: str, mode: str) -> str | None:
+    """From the paired interval of the monitored metric versus the recommended row: zero inside it → within
+    noise; outside on the worse side → worse. None when there is no such interval (no per-sample scores,
+    other samples)."""
+    if entry["recommended"]:
+        return BEST
+    diff = entry["difference"].get(key)
+    if diff is None or not (finite(diff["low"]) and finite(diff["high"])):
+        return None
+    if not diff["significant"]:
+        return WITHIN_NOISE
+    worse_side = diff["high"] < 0 if mode == "max" else diff["low"] > 0
+    return WORSE if worse_side else UNCLEAR
+
+
+def verdict_notes(table: list[dict], selected_by: str) -> list[str]:
+    missing = [e["name"] for e in table if e["verdict"] is None]
+    if not missing:
+        return []
+    return [f"no verdict for {', '.join(missing)}: verdicts come from a paired interval of {selected_by}, which "
+            "needs per-sample scores (ROUGE-L, BLEU, CLIP score, FID; not loss or KID) on the same samples"]
 
 
 def recommendation_reason(best: dict, checkpoints: list[dict], key: str, monitor: str, mode: str, split: str) -> str:
@@ -212,11 +264,29 @@ def selection_notes(split: str) -> list[str]:
             "split=val and report the test score of the chosen checkpoint alone"]
 
 
+def row_name(row: dict) -> str:
+    return f"**{row['name']}** (recommended)" if row["recommended"] else row["name"]
+
+
+def step_text(row: dict) -> str:
+    return "–" if row["step"] is None else str(row["step"])
+
+
+def change_text(row: dict, suffix: str, metric: str) -> str:
+    """A paired interval when there is one, else the plain change and its percentage."""
+    diff = row["difference" + suffix].get(metric)
+    if diff is not None:
+        return interval_text(diff)
+    change, pct = row["change" + suffix].get(metric), row["change" + suffix + "_pct"].get(metric)
+    if not finite(change):
+        return "–"
+    return fmt_signed(change) + (f" ({pct:+.1f}%)" if finite(pct) else "")
+
+
 def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
     rec = report["recommended"]
     conf = int(round(100 * report["bootstrap"]["confidence"]))
     metrics = report["metrics"]
-    with_intervals = [m for m in metrics if any(m in r["difference"] for r in report["rows"])]
     lines = [
         "# Checkpoint comparison", "",
         f"Source: `{report['source']}` · split: {report['split']} ({report['samples']} samples, the same for every "
@@ -228,34 +298,39 @@ def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
         f"## Recommended: {label(rec)}", "",
         f"`{rec['path']}` — {rec['reason']}.", "",
         "## Scores", "",
-        "| checkpoint | step | " + " | ".join(f"{m} | Δ" for m in metrics) + " |",
-        "|---|---|" + "---|---|" * len(metrics),
+        "| checkpoint | step | verdict | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
     ]
     for row in report["rows"]:
-        name = f"**{row['name']}** (recommended)" if row["recommended"] else row["name"]
         cells = []
         for m in metrics:
             value, ci = fmt(row["metrics"].get(m)), row["intervals"].get(m)
             cells.append(f"{value} [{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci else value)
-            change = row["change_pct"].get(m)
-            cells.append("best" if row["recommended"] and m == metrics[0] else
-                         "–" if change is None else f"{change:+.1f}%")
-        step = "–" if row["step"] is None else str(row["step"])
-        lines.append(f"| {name} | {step} | " + " | ".join(cells) + " |")
-    lines += ["", "Δ: change versus the recommended checkpoint, in percent. Brackets: each score's own "
-              f"{conf}% interval.", ""]
-    if with_intervals:
-        lines += [f"## Differences versus {label(rec)} (paired bootstrap, {conf}%)", "",
-                  "| checkpoint | step | " + " | ".join(with_intervals) + " |",
-                  "|---|---|" + "---|" * len(with_intervals)]
+        lines.append(f"| {row_name(row)} | {step_text(row)} | {row.get('verdict') or '–'} | " + " | ".join(cells)
+                     + " |")
+    lines += ["", f"Brackets: each score's own {conf}% interval. Verdict: from the paired interval of "
+              f"{report['selected_by']} versus the recommended checkpoint (below): \"{WITHIN_NOISE}\" when it "
+              f"contains zero, \"{WORSE}\" when it excludes zero on the worse side.", ""]
+    changed = [m for m in metrics if m in DIRECTIONS]
+    if changed:
+        with_previous = any(r.get("previous") for r in report["rows"])  # a sweep's runs are no curve
+        headers = [h for m in changed for h in ([f"{m} Δ vs previous"] if with_previous else []) + [f"{m} Δ vs best"]]
+        lines += [f"## Changes (paired bootstrap, {conf}%)", "",
+                  "| checkpoint | step | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(headers)]
         for row in report["rows"]:
-            if row["recommended"] or not row["difference"]:
-                continue
-            cells = [interval_text(row["difference"][m]) if m in row["difference"] else "–" for m in with_intervals]
-            step = "–" if row["step"] is None else str(row["step"])
-            lines.append(f"| {row['name']} | {step} | " + " | ".join(cells) + " |")
-        lines += ["", "Difference = that row minus the recommended checkpoint; \"not significant\" when the interval "
-                  "contains zero.", ""]
+            cells = []
+            for m in changed:
+                if with_previous:
+                    cells.append(change_text(row, "_previous", m) if row.get("previous") else "–")
+                cells.append("best" if row["recommended"] else change_text(row, "", m))
+            lines.append(f"| {row_name(row)} | {step_text(row)} | " + " | ".join(cells) + " |")
+        lines += ["", ("Δ vs previous: that row minus the checkpoint saved before it; " if with_previous else "")
+                  + "Δ vs best: that row minus the recommended one. With brackets, a paired interval (both rows scored "
+                  "on the same resampled samples), \"not significant\" when it contains zero; without, the change of "
+                  "the scores (no per-sample scores to resample) and in percent.", ""]
+    if report.get("side_by_side"):
+        lines += [f"Outputs side by side, one line per input with its sentence scores: `{report['side_by_side']}`.",
+                  ""]
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {note}" for note in report["notes"]] + [""]
     if plot:

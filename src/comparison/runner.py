@@ -6,6 +6,7 @@ and each checkpoint only swaps the LoRA weights in; a diffusion module keeps the
 from its first pass. Each pass is seeded the same way, so the order of the passes does not matter.
 """
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from src.callbacks.run_report import write_json
 from src.comparison.checkpoints import list_checkpoints
 from src.comparison.plots import plot_metrics_by_step
 from src.comparison.report import BootstrapSettings, Evaluated, build_report, fmt, to_markdown
-from src.comparison.samples import per_sample
+from src.comparison.samples import SIDE_BY_SIDE, per_sample, side_by_side
 from src.errors import UserError
 from src.evaluation import run_evaluation, write_evaluation
 from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
@@ -70,7 +71,7 @@ def evaluate_row(cfg: DictConfig, module, datamodule, out: Path, name: str, *, s
     log.info("%s%s: %s", name, "" if step is None else f" (step {step})",
              " | ".join(f"{k} {fmt(v)}" for k, v in scores.items()))
     return Evaluated(name, step, scores, samples.statistics, samples.sample_ids, path, baseline, name,
-                     samples.fid_samples)
+                     samples.fid_samples, samples.texts)
 
 
 def kept_checkpoints_note(run_dir: Path, monitor: str) -> list[str]:
@@ -81,6 +82,20 @@ def kept_checkpoints_note(run_dir: Path, monitor: str) -> list[str]:
         return []
     return [f"only the checkpoints the run kept are compared (the top {top_k} by {monitor}, plus last.ckpt when it "
             "is later): train with callbacks.model_checkpoint.save_top_k=-1 to compare every validation"]
+
+
+def write_side_by_side(out: Path, rows: list[Evaluated], report: dict[str, Any]) -> None:
+    """Text runs: each input with the base model's and the recommended checkpoint's output (``side_by_side.jsonl``),
+    named in the report."""
+    recommended = next(r for r in rows if r.name == report["recommended"]["name"] and not r.baseline)
+    if not recommended.texts:
+        return
+    base = next((r for r in rows if r.baseline), None)
+    lines = side_by_side(recommended.texts, base.texts if base else None, recommended.name)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / SIDE_BY_SIDE, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    report["side_by_side"] = SIDE_BY_SIDE
 
 
 def write_report(out: Path, report: dict[str, Any], plot: bool = True) -> None:
@@ -114,8 +129,10 @@ def compare_checkpoints(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     report = build_report(rows, monitor=module.monitor, mode=module.mode, split=cfg.split, settings=settings,
                           source=str(run_dir), notes=notes)
+    write_side_by_side(out, rows, report)
     write_report(out, report)
     rec = report["recommended"]
-    log.info("recommended: %s (step %s) — %s\nwritten to %s: report.md, report.json, %s and one directory per row",
-             rec["path"], rec["step"], rec["reason"], out, PLOT)
+    log.info("recommended: %s (step %s) — %s\nwritten to %s: report.md, report.json, %s, %sone directory per row",
+             rec["path"], rec["step"], rec["reason"], out, PLOT,
+             f"{report['side_by_side']} and " if report.get("side_by_side") else "")
     return {"recommended": rec["path"], "step": rec["step"], "report": str(out / "report.md")}

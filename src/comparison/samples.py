@@ -1,12 +1,19 @@
 """What an evaluation pass leaves for bootstrap intervals: which samples were scored, and a statistic per
 metric over resampled sample indices (sentence ROUGE-L and corpus BLEU for text; CLIP per image and FID
-over the generated images' features for diffusion)."""
+over the generated images' features for diffusion). For text, also the outputs side by side: each input
+with the base model's and the recommended checkpoint's output and their sentence scores."""
 
+import functools
 from dataclasses import dataclass, field
+
+from sacrebleu.metrics import BLEU
 
 from src.metrics.bootstrap import Statistic, mean_statistic
 from src.metrics.image import fid_statistic
-from src.metrics.text import corpus_bleu_statistic
+from src.metrics.text import corpus_bleu_statistic, sentence_rouge_l
+
+SIDE_BY_SIDE = "side_by_side.jsonl"
+TEXT_FIELDS = ("uid", "input", "reference", "prediction", "rougeL")
 
 
 @dataclass
@@ -14,6 +21,7 @@ class PerSample:
     sample_ids: list = field(default_factory=list)
     statistics: dict[str, Statistic] = field(default_factory=dict)
     fid_samples: tuple[int, int] | None = None  # (generated images, feature dimension)
+    texts: list[dict] = field(default_factory=list)  # text rows, kept for the side-by-side file
 
 
 def per_sample(module) -> PerSample:
@@ -24,7 +32,8 @@ def per_sample(module) -> PerSample:
     if "reference" in rows[0]:  # text families
         preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
         return PerSample([r["uid"] for r in rows], {"rougeL": mean_statistic([r["rougeL"] for r in rows]),
-                                                    "bleu": corpus_bleu_statistic(preds, refs)})
+                                                    "bleu": corpus_bleu_statistic(preds, refs)},
+                         texts=[{k: r.get(k) for k in TEXT_FIELDS} for r in rows])
     result = PerSample([f"{r['prompt']}#{r['seed']}" for r in rows])
     if all("clip" in r for r in rows):
         result.statistics["clip_mean"] = mean_statistic([r["clip"] for r in rows])
@@ -34,3 +43,42 @@ def per_sample(module) -> PerSample:
         result.statistics["fid"] = fid_statistic(real_mean, real_cov, features)
         result.fid_samples = (len(features), features.shape[1])
     return result
+
+
+@functools.cache
+def _sentence_bleu_scorer() -> BLEU:
+    return BLEU(tokenize="13a", smooth_method="exp", effective_order=True)  # sacrebleu.sentence_bleu's defaults
+
+
+def sentence_bleu(prediction: str, reference: str) -> float:
+    """sacreBLEU's sentence BLEU (0–100): the corpus BLEU of one sentence with effective n-gram order, so a
+    short output is not zeroed by missing 4-grams. A per-input guide only: corpus BLEU is not their mean.
+
+    >>> sentence_bleu("a red running shoe", "a red running shoe"), sentence_bleu("a red shoe", "a blue boot")
+    (100.0, 27.5161)
+    """
+    return round(float(_sentence_bleu_scorer().sentence_score(prediction, [reference]).score), 4)
+
+
+def side_by_side(recommended: list[dict], base: list[dict] | None, name: str) -> list[dict]:
+    """One row per input of the recommended checkpoint's pass: input, reference, both outputs and their sentence
+    ROUGE-L (``src.metrics.text.sentence_rouge_l``, the per-sample scores the report's ROUGE-L averages) and
+    sentence BLEU. ``base`` None (``baseline=false``) leaves the base columns null."""
+    by_uid = {r["uid"]: r for r in base or []}
+    rows = []
+    for r in recommended:
+        other = by_uid.get(r["uid"])
+        rows.append({"uid": r["uid"], "input": r["input"], "reference": r["reference"], "checkpoint": name,
+                     "base": other["prediction"] if other else None, "recommended": r["prediction"],
+                     "rougeL_base": rouge_l(other), "rougeL_recommended": rouge_l(r),
+                     "bleu_base": sentence_bleu(other["prediction"], other["reference"]) if other else None,
+                     "bleu_recommended": sentence_bleu(r["prediction"], r["reference"])})
+    return rows
+
+
+def rouge_l(row: dict | None) -> float | None:
+    """The row's sentence ROUGE-L: the pass already scored it with ``sentence_rouge_l``."""
+    if row is None:
+        return None
+    return row["rougeL"] if row.get("rougeL") is not None else sentence_rouge_l([row["prediction"]],
+                                                                                [row["reference"]])[0]

@@ -31,7 +31,7 @@ published FID.
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,8 @@ INCEPTION_FEATURES = (64, 192, 768, 2048)
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
+METRICS = ("fid", "kid", "clip")  # what ``include`` may name
+LOGGED = {"fid": ("fid",), "kid": ("kid", "kid_std"), "clip": ("clip_mean", "clip_min", "clip_max")}
 
 
 def _check_images(images: Tensor, what: str) -> Tensor:
@@ -330,8 +332,10 @@ class ImageGenerationMetrics(nn.Module):
     """FID, KID and CLIP score of generated images against a fixed set of real images.
 
     Args:
-        feature_extractor: ``"inception"``, ``"tiny"`` or an ``nn.Module`` mapping uint8 [N, 3, H, W] to
-            [N, D] features (with a ``num_features`` attribute, else it is probed once).
+        feature_extractor: ``"inception"``, ``"tiny"``, an ``nn.Module`` mapping uint8 [N, 3, H, W] to
+            [N, D] features (with a ``num_features`` attribute, else it is probed once), or a callable that
+            builds one (the configs pass ``build_feature_extractor`` partially applied): it is called only
+            when ``include`` names FID or KID.
         feature_weights_path: InceptionV3 weights file for ``feature_extractor="inception"``; None downloads
             them once into the torch hub cache (see :func:`build_feature_extractor`).
         num_features: feature dimension for the built-in extractors (inception: 2048, tiny: 64).
@@ -341,6 +345,8 @@ class ImageGenerationMetrics(nn.Module):
         kid_seed: KID's subset sampling uses its own RNG, so results are reproducible and the
             global random state is untouched.
         batch_size: images per forward pass of the extractor and of CLIP.
+        include: which of ``fid``, ``kid``, ``clip`` to compute. ``[clip]`` alone builds no feature extractor
+            (no InceptionV3 weights, no torch-fidelity) and keeps no real images: monitor ``val/clip_mean``.
 
     ``set_real_images`` (once), then per evaluation round ``update`` → ``compute`` → ``reset``.
     ``compute()`` returns ``fid``, ``kid`` (mean over subsets), ``kid_std``, ``clip_mean``,
@@ -355,12 +361,32 @@ class ImageGenerationMetrics(nn.Module):
 
     def __init__(self, feature_extractor: str | nn.Module = "inception", feature_weights_path: str | None = None,
                  num_features: int | None = None, clip_model: str | None = DEFAULT_CLIP, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, kid_seed: int = 0, batch_size: int = 32):
+                 kid_subset_size: int = 1000, kid_seed: int = 0, batch_size: int = 32,
+                 include: Sequence[str] = METRICS):
         super().__init__()
+        self.include = _check_include(include, clip_model)
+        self.clip = CatMetric(nan_strategy="error")
+        self.clip_model = clip_model if "clip" in self.include else None
+        self.extractor = self.fid = self.kid = None
+        if {"fid", "kid"} & set(self.include):
+            self._build_fid_kid(feature_extractor, feature_weights_path, num_features, kid_subsets, kid_subset_size)
+        self.kid_subset_size = kid_subset_size
+        self.kid_seed = kid_seed
+        self.batch_size = batch_size
+        self.real_images_set = False
+        self.clip_scores = torch.zeros(0)
+        self.generated_features = torch.zeros(0)
+        self._clip_loaded: dict = {}  # a plain dict: the frozen CLIP stays out of state_dict() and parameters()
+        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
+
+    def _build_fid_kid(self, feature_extractor, feature_weights_path, num_features, kid_subsets, kid_subset_size):
+        """One feature extractor for both: FID and KID always run together on the same features."""
         FID, KID = _torchmetrics_image()
         if isinstance(feature_extractor, str):
             feature_extractor = _build_feature_extractor(feature_extractor, feature_weights_path, num_features,
                                                          "model.metrics.", "feature_weights_path", "feature_extractor")
+        elif not isinstance(feature_extractor, nn.Module) and callable(feature_extractor):
+            feature_extractor = feature_extractor()  # a partial build_feature_extractor from the config
         self.extractor = feature_extractor.requires_grad_(False).eval()
         dim = getattr(feature_extractor, "num_features", None)
         if dim is None:
@@ -374,20 +400,30 @@ class ImageGenerationMetrics(nn.Module):
             self.kid = KID(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
                            reset_real_features=False, normalize=False)
         concatenate_list_states(self.kid)  # uneven evaluation shards must not deadlock the sync
-        self.clip = CatMetric(nan_strategy="error")
-        self.clip_model = clip_model
-        self.kid_subset_size = kid_subset_size
-        self.kid_seed = kid_seed
-        self.batch_size = batch_size
-        self.real_images_set = False
-        self.clip_scores = torch.zeros(0)
-        self.generated_features = torch.zeros(0)
-        self._clip_loaded: dict = {}  # a plain dict: the frozen CLIP stays out of state_dict() and parameters()
-        self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
 
     @property
     def device(self) -> torch.device:
         return self._device_probe.device
+
+    @property
+    def uses_features(self) -> bool:
+        """FID/KID: an image feature extractor and the real images' features."""
+        return self.fid is not None
+
+    def logged(self) -> tuple[str, ...]:
+        """The keys ``compute()`` returns."""
+        computed = [m for m in self.include if m != "clip" or self.clip_model is not None]
+        return tuple(k for m in computed for k in LOGGED[m])
+
+    def check_monitor(self, monitor: str) -> None:
+        """A one-line error when the model's monitor names a metric these settings do not compute."""
+        name = monitor.partition("/")[2]
+        if name and name not in self.logged():
+            computed = ", ".join(f"val/{k}" for k in self.logged() if k in ("fid", "kid", "clip_mean"))
+            needed = "clip" if name.startswith("clip") else name
+            raise UserError(f"model.monitor={monitor} is not computed with model.metrics.include="
+                            f"[{', '.join(self.include)}] — monitor {computed or 'a computed metric'} (val/clip_mean "
+                            f"with model.mode=max), or add {needed} to model.metrics.include")
 
     def _features(self, images: Tensor) -> Iterator[Tensor]:
         for start in range(0, len(images), self.batch_size):
@@ -400,6 +436,9 @@ class ImageGenerationMetrics(nn.Module):
         every epoch. ``force=True`` replaces the real images.
         """
         if self.real_images_set and not force:
+            return
+        if not self.uses_features:  # CLIP score needs no real images
+            self.real_images_set = True
             return
         self._clear_real()
         batches = [images] if isinstance(images, Tensor) else images
@@ -432,7 +471,7 @@ class ImageGenerationMetrics(nn.Module):
         if len(prompts) != len(images):
             raise ValueError(f"ImageGenerationMetrics.update: {len(images)} images but {len(prompts)} prompts")
         with _full_precision(self.device):
-            for features in self._features(images):
+            for features in self._features(images) if self.uses_features else ():
                 self.fid.update(features, real=False)
                 self.kid.update(features, real=False)
             if self.clip_model is not None:
@@ -454,6 +493,19 @@ class ImageGenerationMetrics(nn.Module):
         return context()
 
     def compute(self) -> dict[str, Tensor]:
+        nan = torch.tensor(float("nan"), device=self.device)
+        out = self._compute_fid_kid() if self.uses_features else {}
+        if self.clip_model is not None:
+            scores = self.clip.compute()
+            self.clip_scores = scores if isinstance(scores, Tensor) else torch.zeros(0, device=self.device)
+            if self.clip_scores.numel():
+                out.update(clip_mean=self.clip_scores.mean(), clip_min=self.clip_scores.min(),
+                           clip_max=self.clip_scores.max())
+            else:
+                out.update(clip_mean=nan, clip_min=nan, clip_max=nan)
+        return {k: v for k, v in out.items() if k in self.logged()}
+
+    def _compute_fid_kid(self) -> dict[str, Tensor]:
         FID, KID = _torchmetrics_image()
         nan = torch.tensor(float("nan"), device=self.device)
         out = {}
@@ -475,31 +527,39 @@ class ImageGenerationMetrics(nn.Module):
                 finally:
                     self.kid.subset_size = self.kid_subset_size
                 out.update(kid=kid.float(), kid_std=kid_std.float())
-        if self.clip_model is not None:
-            scores = self.clip.compute()
-            self.clip_scores = scores if isinstance(scores, Tensor) else torch.zeros(0, device=self.device)
-            if self.clip_scores.numel():
-                out.update(clip_mean=self.clip_scores.mean(), clip_min=self.clip_scores.min(),
-                           clip_max=self.clip_scores.max())
-            else:
-                out.update(clip_mean=nan, clip_min=nan, clip_max=nan)
         return out
 
     def reset(self) -> None:
         """Forget the generated images and CLIP scores; the real images' statistics stay."""
-        self.fid.reset()
-        self.kid.reset()
+        if self.uses_features:
+            self.fid.reset()
+            self.kid.reset()
         self.clip.reset()
         self.clip_scores = torch.zeros(0, device=self.device)
         self.generated_features = torch.zeros(0)
 
     def real_statistics(self) -> tuple[Tensor, Tensor]:
         """Mean and covariance (float64) of the real images' features, as FID computes them."""
+        if not self.uses_features:
+            raise RuntimeError("no FID here: model.metrics.include has neither fid nor kid")
         with self._synced(self.fid):
             n = self.fid.real_features_num_samples
             mean = (self.fid.real_features_sum / n).unsqueeze(0)
             cov = (self.fid.real_features_cov_sum - n * mean.t().mm(mean)) / (n - 1)
         return mean.squeeze(0).cpu(), cov.cpu()
+
+
+def _check_include(include: Sequence[str], clip_model) -> tuple[str, ...]:
+    """The metrics to compute, in a fixed order; a one-line error for unknown names or nothing to compute."""
+    include = tuple(str(m).lower() for m in (include or ()))
+    unknown = sorted(set(include) - set(METRICS))
+    if unknown or not include:
+        raise UserError(f"model.metrics.include={list(include)} — use a non-empty list of {', '.join(METRICS)} "
+                        "(e.g. [clip] for CLIP score alone)")
+    if set(include) == {"clip"} and clip_model is None:
+        raise UserError("model.metrics.include=[clip] but model.metrics.clip_model is null: nothing to compute — set "
+                        "model.metrics.clip_model to a CLIP model, or add fid to model.metrics.include")
+    return tuple(m for m in METRICS if m in include)
 
 
 def fid_from_features(real_mean: Tensor, real_cov: Tensor, features: Tensor) -> float:

@@ -62,17 +62,18 @@ def generation_keys(family: str, generation: dict[str, Any]) -> list[str]:
 
 def image_metrics(model_cfg: DictConfig) -> list[str]:
     """Warnings when FID's InceptionV3 or the CLIP model cannot be had on this machine."""
-    from src.metrics.image import inception_status
+    from src.metrics.image import METRICS, inception_status
 
     warnings = []
     metrics = model_cfg.get("metrics") or {}
+    include = set(metrics.get("include") or METRICS)
     extractor = metrics.get("feature_extractor") or {}
-    if extractor.get("kind", "inception") == "inception":
+    if {"fid", "kid"} & include and extractor.get("kind", "inception") == "inception":
         status = inception_status(extractor.get("weights_path"))
         if status:
             warnings.append(f"on this machine: {status}")
     clip = metrics.get("clip_model")
-    if isinstance(clip, str) and not _model_available(clip):
+    if "clip" in include and isinstance(clip, str) and not _model_available(clip):
         warnings.append(f"on this machine: CLIP score needs {clip}, which is neither a local directory nor in the "
                         "Hugging Face cache and the hub is not reachable — download it where the run will happen, "
                         "or set model.metrics.clip_model to a local directory (or null to skip CLIP score)")
