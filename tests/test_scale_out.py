@@ -3,6 +3,7 @@ FSDP wrapping, diffusion memory switches, and 2-process runs that match 1-proces
 
 import inspect
 import json
+import math
 
 import pytest
 import torch
@@ -147,7 +148,14 @@ def test_eval_shards_cover_every_sample_exactly_once(cache_dir, tmp_path):
         shards.append(shard_uids(data.val_dataloader()))
     assert len(single) == 25 and sorted(shards[0] + shards[1]) == sorted(single)
     assert len(shards[0]) == 13 and len(shards[1]) == 12  # one sample apart, none repeated
-    assert len(data.train_dataloader().sampler) == len(data.splits["train"])  # training keeps Lightning's sampler
+    # training: each process gets its own shard of the (seed, epoch) order, together every sample once
+    train_shards = []
+    for rank in range(2):
+        data.trainer = FakeTrainer(rank, 2)
+        train_shards.append(list(data.train_dataloader().sampler))
+    assert len(train_shards[0]) == len(train_shards[1]) == math.ceil(len(data.splits["train"]) / 2)
+    assert set(train_shards[0]).isdisjoint(train_shards[1])
+    assert set(train_shards[0]) | set(train_shards[1]) == set(range(len(data.splits["train"])))
 
 
 def test_prompt_shards_and_too_few_samples(tmp_path):

@@ -20,8 +20,9 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from src.datamodules.sampling import resumable_loader
 from src.distributed import eval_sampler
 from src.errors import UserError
 
@@ -114,7 +115,8 @@ def load_image(path: Path, resolution: int, center_crop: bool = True, flip: bool
 
 
 class CaptionedImages(Dataset):
-    """(image, caption) pairs; an item is an index, or ``(index, seed)`` from ``SeededShuffle``."""
+    """(image, caption) pairs; an item is an index, or ``(index, seed)`` from the training sampler
+    (``ResumableShuffle(item_seeds=True)``: crop and flip from the item's seed, never the global RNG)."""
 
     def __init__(self, items: list[tuple[Path, str]], resolution: int, center_crop: bool, random_flip: bool,
                  seed: int):
@@ -131,30 +133,6 @@ class CaptionedImages(Dataset):
         generator = torch.Generator().manual_seed(item_seed)
         pixels = load_image(path, self.resolution, self.center_crop, self.random_flip, generator)
         return {"pixel_values": pixels.float() / 127.5 - 1.0, "caption": caption}
-
-
-class SeededShuffle(Sampler):
-    """A shuffled order plus one seed per item for its crop and flip, both from ``(seed, epoch)`` only.
-
-    Augmentation never draws from torch's global RNG, which the training step uses for noise, and
-    does not depend on the number of workers.
-    """
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch (and on resume)
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
-        seeds = torch.randint(2**31 - 1, (self.size,), generator=g).tolist()
-        self.epoch += 1  # outside Lightning, the next pass still gets a new order
-        return iter(list(zip(order, seeds)))
 
 
 class Prompts(Dataset):
@@ -275,9 +253,10 @@ class ShoeImagesDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         data = CaptionedImages(self.train_items, hp.resolution, hp.center_crop, hp.random_flip, hp.seed)
-        return DataLoader(data, batch_size=hp.batch_size, sampler=SeededShuffle(len(data), hp.seed),
-                          num_workers=hp.num_workers, collate_fn=collate_images,
-                          persistent_workers=hp.num_workers > 0)
+        # an order and augmentation seeds from (seed, epoch) that a resumed run replays, sharded under ddp
+        return resumable_loader(data, hp.batch_size, hp.seed, self.trainer, item_seeds=True,
+                                num_workers=hp.num_workers, collate_fn=collate_images,
+                                persistent_workers=hp.num_workers > 0)
 
     def _prompt_loader(self) -> DataLoader:
         prompts = Prompts(self.prompts)

@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
+from src.datamodules.sampling import resumable_loader
 from src.distributed import eval_sampler
 from src.errors import UserError
 
@@ -198,23 +199,24 @@ class TextPairDataModule(L.LightningDataModule):
     def _fingerprint(self, part: datasets.Dataset, name: str) -> str:
         return hashlib.sha256(f"{part._fingerprint}|{name}|{self.encoder.fingerprint()}".encode()).hexdigest()[:16]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str) -> DataLoader:
         hp = self.hparams
-        batch_size = hp.batch_size if name == "train" else (hp.eval_batch_size or hp.batch_size)
+        common = dict(num_workers=hp.num_workers, collate_fn=self.encoder.collate,
+                      persistent_workers=hp.num_workers > 0)
+        if name == "train":  # an order from (seed, epoch) that a resumed run replays, sharded under ddp
+            return resumable_loader(self.splits[name], hp.batch_size, hp.seed, self.trainer, **common)
         # evaluation on several processes: each sample once (Lightning's default sampler would repeat some)
-        sampler = None if name == "train" else eval_sampler(self.splits[name], self.trainer)
-        return DataLoader(self.splits[name], batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=hp.num_workers, collate_fn=self.encoder.collate,
-                          persistent_workers=hp.num_workers > 0)
+        return DataLoader(self.splits[name], batch_size=hp.eval_batch_size or hp.batch_size,
+                          sampler=eval_sampler(self.splits[name], self.trainer), **common)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def report(self) -> dict[str, Any]:
         """Sizes per split, records skipped by reason, token lengths (for the run report)."""

@@ -8,13 +8,17 @@ that directory, so exported adapters name it as their ``base_model_name_or_path`
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import string
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
@@ -62,7 +66,8 @@ def cached_build(cache_dir: str, name: str, spec: dict, corpus_files: list[str],
             shutil.rmtree(target, ignore_errors=True)  # a half-built directory from an older version
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
             try:
-                build(tmp)
+                with torch.random.fork_rng(devices=[]):  # builds seed torch; the run's seeded RNG stays as it was
+                    build(tmp)
                 (tmp / ".complete").touch()
                 os.replace(tmp, target)
             finally:
@@ -71,15 +76,20 @@ def cached_build(cache_dir: str, name: str, spec: dict, corpus_files: list[str],
 
 
 def train_unigram_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
-    """A T5-style (SentencePiece Unigram, Metaspace) tokenizer that appends ``</s>``."""
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
+    """A T5-style (SentencePiece Unigram, Metaspace) tokenizer that appends ``</s>``.
+
+    The same corpus gives the same tokenizer in every process: the ``tokenizers`` trainer picks a stable set
+    of pieces but its scores (and so the piece order, the token ids) vary slightly between processes, so the
+    scores are re-estimated here deterministically (``canonical_unigram``) and the pieces put in their order.
+    """
+    texts = list(texts)  # read twice: training, then re-estimation
+    tok = _unigram_pipeline(models.Unigram())
     tok.train_from_iterator(texts, trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_T5, unk_token="<unk>", show_progress=False,
         # every printable ASCII character, so prompts and user input outside the corpus stay readable
         initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation)))
+    pieces = [piece for piece, _ in json.loads(tok.to_str())["model"]["vocab"]]
+    tok = canonical_unigram(pieces, texts)
     eos_id = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)])
@@ -87,11 +97,44 @@ def train_unigram_tokenizer(texts: Iterator[str], vocab_size: int, model_max_len
                                    unk_token="<unk>", model_max_length=model_max_length)
 
 
+def _unigram_pipeline(model) -> Tokenizer:
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return tok
+
+
+def canonical_unigram(pieces: list[str], texts: list[str], rounds: int = 3) -> Tokenizer:
+    """A Unigram tokenizer over ``pieces`` whose scores depend only on the pieces and the corpus.
+
+    Hard EM from equal scores: segment the corpus (Viterbi, deterministic), score each piece by the log of
+    its smoothed frequency in that segmentation, repeat. Special tokens keep ids 0, 1, 2; the other pieces
+    follow by score, then alphabetically.
+    """
+    normal = sorted({p for p in pieces if p not in SPECIAL_T5})
+    scores = {p: -1.0 for p in normal}  # equal scores: the segmentation with the fewest pieces
+    unk = SPECIAL_T5.index("<unk>")
+    for _ in range(rounds):
+        vocab = [(p, 0.0) for p in SPECIAL_T5] + [(p, scores[p]) for p in normal]
+        tok = _unigram_pipeline(models.Unigram(vocab, unk_id=unk, byte_fallback=False))
+        counts = dict.fromkeys(normal, 0)
+        for enc in tok.encode_batch(texts, add_special_tokens=False):
+            for token in enc.tokens:
+                if token in counts:
+                    counts[token] += 1
+        total = sum(counts.values()) + len(normal)
+        scores = {p: round(math.log((counts[p] + 1) / total), 6) for p in normal}
+    ordered = sorted(normal, key=lambda p: (-scores[p], p))
+    vocab = [(p, 0.0) for p in SPECIAL_T5] + [(p, scores[p]) for p in ordered]
+    return _unigram_pipeline(models.Unigram(vocab, unk_id=unk, byte_fallback=False))
+
+
 def tiny_t5(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, d_model: int = 64,
             d_ff: int = 128, num_layers: int = 2, num_heads: int = 4, d_kv: int = 16, seed: int = 0) -> str:
     """Directory of a tiny T5 (random weights, locally trained tokenizer), built on first use."""
     spec = dict(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_layers=num_layers,
-                num_heads=num_heads, d_kv=d_kv, seed=seed, version=3)
+                num_heads=num_heads, d_kv=d_kv, seed=seed, version=4)
 
     def build(out: Path) -> None:
         import torch
@@ -139,6 +182,41 @@ def tiny_gpt2(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, n
     return cached_build(cache_dir, "tiny_gpt2", spec, corpus_files, build)
 
 
+def learn_bpe_merges(texts: Iterator[str], num_merges: int) -> list[tuple[str, str]]:
+    """BPE merges over lower-cased words (``\\w+`` or runs of punctuation) ending in ``</w>``.
+
+    Plain Python rather than ``tokenizers``' BpeTrainer, whose order among equally frequent pairs changes
+    from process to process: here a tie goes to the alphabetically first pair, so a corpus has one result.
+
+    >>> learn_bpe_merges(["low lower lowest"], 2)
+    [('l', 'o'), ('lo', 'w')]
+    """
+    words = Counter(w for text in texts for w in re.findall(r"\w+|[^\w\s]+", text.lower()))
+    splits = {w: [*w[:-1], w[-1] + "</w>"] for w in words}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges:
+        pairs: Counter = Counter()
+        for word, n in words.items():
+            symbols = splits[word]
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in splits.items():
+            i, merged = 0, []
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            splits[word] = merged
+    return merges
+
+
 def train_clip_tokenizer(texts: Iterator[str], num_merges: int = 300, model_max_length: int = 77):
     """A CLIP tokenizer (lower-case BPE with ``</w>`` word ends) whose merges are learned on ``texts``.
 
@@ -149,14 +227,7 @@ def train_clip_tokenizer(texts: Iterator[str], num_merges: int = 300, model_max_
     from transformers import CLIPTokenizer
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.normalizer = normalizers.Lowercase()
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=2 * len(alphabet) + num_merges, initial_alphabet=alphabet, end_of_word_suffix="</w>",
-        show_progress=False))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(bpe.to_str())["model"]["merges"]][:num_merges]
+    merges = learn_bpe_merges(texts, num_merges)
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(c + "</w>" for c in alphabet), *("".join(m) for m in merges),
                   "<|startoftext|>", "<|endoftext|>"]:
@@ -168,7 +239,7 @@ def tiny_sd(cache_dir: str, corpus_files: list[str], latent_channels: int = 4, s
     """Directory of a tiny Stable Diffusion pipeline (UNet, VAE with 4x downsampling, CLIP text
     encoder, a CLIP tokenizer learned on the captions, DDPM scheduler), built on first use and
     loaded with ``StableDiffusionPipeline.from_pretrained`` / ``subfolder=`` like a real one."""
-    spec = dict(latent_channels=latent_channels, seed=seed, version=1)
+    spec = dict(latent_channels=latent_channels, seed=seed, version=2)
 
     def build(out: Path) -> None:
         import torch

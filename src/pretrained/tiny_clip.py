@@ -34,7 +34,7 @@ def tiny_clip(cache_dir: str, corpus_files: list[str] | None = None, prompts: li
     prompts = list(prompts or [])
     spec = dict(prompts=prompts, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
                 intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
-                projection_dim=projection_dim, num_merges=num_merges, max_length=max_length, seed=seed, version=1)
+                projection_dim=projection_dim, num_merges=num_merges, max_length=max_length, seed=seed, version=2)
 
     def texts() -> Iterator[str]:
         yield from iter_corpus(corpus_files)

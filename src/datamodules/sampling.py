@@ -1,0 +1,106 @@
+"""Training order that a resumed run replays exactly: shuffled by ``(seed, epoch)`` only, sharded across
+processes, and resumable mid-epoch (the batches a checkpoint has already trained on are skipped).
+
+Lightning saves the ``state_dict()`` of a training loader that has one (``fit_loop`` → ``combined_loader``)
+and hands it back to ``load_state_dict()`` on resume; a plain ``DataLoader`` with ``shuffle=True`` would
+draw a new order from the global RNG instead.
+"""
+
+import math
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+class ResumableShuffle(DistributedSampler):
+    """This process's share of a permutation drawn from ``(seed, epoch)``, optionally with one seed per item.
+
+    Several processes: the permutation is padded by repeating its start to a multiple of ``num_replicas``
+    and process ``rank`` takes every ``num_replicas``-th index, as ``DistributedSampler`` does (so every
+    process runs as many steps). Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it.
+    ``item_seeds=True`` yields ``(index, seed)`` pairs: an item's augmentation draws from its own seed,
+    never from the global RNG the training step uses, whatever the number of workers.
+
+    >>> s = ResumableShuffle(5, seed=1); s.set_epoch(3); first = list(s); s.set_epoch(3)
+    >>> list(s) == first, sorted(first)
+    (True, [0, 1, 2, 3, 4])
+    """
+
+    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0, item_seeds: bool = False):
+        # no super().__init__: it reads the process group; the attributes Lightning looks at are set here
+        self.size, self.seed, self.item_seeds = size, seed, item_seeds
+        self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, False
+        self.num_samples = math.ceil(size / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+        self.epoch = 0
+        self.start = 0  # items of this epoch's share already trained on (set on resume)
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch (and on resume)
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def share(self, epoch: int) -> list:
+        """This process's items for ``epoch``, in order."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        items = list(zip(order, torch.randint(2**31 - 1, (self.size,), generator=g).tolist())) \
+            if self.item_seeds else order
+        items += items[:self.total_size - self.size]
+        return items[self.rank:self.total_size:self.num_replicas]
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        items = self.share(self.epoch)[start:]
+        self.epoch += 1  # outside Lightning (no set_epoch), the next pass still gets a new order
+        return iter(items)
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` whose state is where its sampler's epoch stands: ``{"epoch", "samples"}``.
+
+    It counts the batches it has handed out in the current pass (Lightning does not prefetch from a
+    loader with a length), so a checkpoint written after batch ``k`` resumes at batch ``k + 1``. The pass
+    starts at the first ``next()``, not at ``iter()``: Lightning calls ``iter()`` before ``set_epoch``
+    when a run starts, and worker processes would fetch indices of the wrong epoch.
+    """
+
+    _pass_epoch: int = 0
+    _pass_start: int = 0
+    _served: int = 0
+
+    def __iter__(self):
+        sampler = self.sampler if isinstance(self.sampler, ResumableShuffle) else None
+        if sampler is not None:
+            self._pass_epoch, self._pass_start = sampler.epoch, sampler.start
+        self._served = 0
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if not isinstance(self.sampler, ResumableShuffle):  # e.g. overfit_batches' sequential sampler
+            return {}
+        samples = min(self._pass_start + self._served * (self.batch_size or 1), len(self.sampler))
+        return {"epoch": self._pass_epoch, "samples": samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if isinstance(self.sampler, ResumableShuffle) and state:
+            self.sampler.epoch, self.sampler.start = state["epoch"], state["samples"]
+            self._pass_epoch, self._pass_start, self._served = state["epoch"], state["samples"], 0
+
+
+def resumable_loader(dataset, batch_size: int, seed: int, trainer=None, item_seeds: bool = False,
+                     **kwargs: Any) -> ResumableLoader:
+    """The training loader of a datamodule: resumable order, this process's shard under ddp."""
+    dist = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+    world, rank = (dist["num_replicas"], dist["rank"]) if dist else (1, 0)
+    sampler = ResumableShuffle(len(dataset), seed, num_replicas=world, rank=rank, item_seeds=item_seeds)
+    # its own generator: starting a pass draws the workers' base seed from it, not from the global RNG that a
+    # resumed run restores (src/callbacks/resume_state.py) — else an epoch's first step would see another draw
+    kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
+    return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
