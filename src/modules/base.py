@@ -72,13 +72,27 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the adapter record (family, base, LoRA settings)
         # the best score is metric state, not a parameter: keep it so a resumed run's *_best is honest
         checkpoint["best_score"] = self.best.compute().item() if self.best.update_called else None
+        # mid-epoch, so is the running epoch loss: a resumed epoch then averages over all of its batches
+        trainer = self._trainer
+        mid_epoch = trainer is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if mid_epoch and trainer.state.fn == "fit":
+            checkpoint["train_loss_epoch_state"] = {k: v.detach().cpu().clone()
+                                                    for k, v in self.train_loss.metric_state.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best.reset()
         if checkpoint.get("best_score") is not None:
             self.best.update(torch.tensor(checkpoint["best_score"]))
+        self.train_loss.reset()
+        saved = checkpoint.get("train_loss_epoch_state")
+        # one process's share only: under ddp the epoch mean starts afresh rather than counting one share twice
+        if saved and (self._trainer is None or self._trainer.world_size == 1):
+            for name, value in saved.items():
+                setattr(self.train_loss, name, value.to(self.train_loss.device))
+            self.train_loss._update_count = 1
 
     # -- evaluation ----------------------------------------------------------------------------------
     def _on_eval_epoch_start(self) -> None:
