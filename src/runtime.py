@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -22,16 +23,30 @@ log = logging.getLogger(__name__)
 HALF_PRECISIONS = {"16-mixed", "16-true", "16", "bf16-mixed", "bf16-true", "bf16"}
 
 
-# deprecations raised inside libraries by other libraries' calls (peft → transformers, datasets → pyarrow):
-# nothing a user of this framework can act on, so they stay off the run's console
-LIBRARY_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated", r"`gradient_checkpointing_enable` is deprecated",
-                        r"Specifying null_placement in SortOptions")
+# (message, category, module) of warnings raised inside libraries by other libraries' calls: nothing a user of
+# this framework can act on, so they stay off the run's console. Each names its message and category exactly.
+LIBRARY_DEPRECATIONS = (
+    # peft → transformers
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning, ""),
+    (r"`gradient_checkpointing_enable` is deprecated", FutureWarning, ""),
+    # datasets' Dataset.sort always passes null_placement to pyarrow (our length-sorted evaluation splits)
+    (r"Specifying null_placement in SortOptions", FutureWarning, r"pyarrow"),
+    # Lightning 2.6's pytree helper still builds torch's deprecated LeafSpec
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning"),
+    # the diffusion family keeps its frozen VAE and text encoder in eval mode on purpose
+    (r"Found \d+ module\(s\) in eval mode at the start of training", PossibleUserWarning, r"lightning"),
+)
+
+
+def ignore_library_warnings() -> None:
+    """Install the ``LIBRARY_DEPRECATIONS`` filters in this process (spawned workers start without them)."""
+    for message, category, module in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task(cfg)``; a ``UserError`` becomes one line on stderr and exit status 2."""
-    for message in LIBRARY_DEPRECATIONS:
-        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    ignore_library_warnings()
     if logging.getLogger().handlers:  # Hydra's handlers already print Lightning's messages once
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()

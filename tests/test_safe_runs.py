@@ -110,5 +110,6 @@ def test_early_stopping_from_config_is_recorded(cache_dir, tmp_path):
             "callbacks.early_stopping.min_delta=10", "trainer.max_epochs=10", "test=false",
             f"hydra.run.dir={tmp_path}")
     training = read_json(tmp_path / "metrics.json")["training"]
-    assert training["stop_reason"] == "early_stopping: val/rougeL did not improve for 1 validations"
+    assert training["stop_reason"].startswith("early_stopping: val/rougeL has not improved on ")
+    assert training["stop_reason"].endswith(" for 1 validation (patience 1, min_delta 10)")
     assert training["epochs"] < 10

@@ -66,6 +66,14 @@ class TextLoRAModule(LoRAModuleBase):
     def forward(self, batch: dict[str, Any]):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
 
+    def tokens_in(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Non-pad tokens a batch runs through the model (the run report's FLOPs estimate): the inputs, plus the
+        labels that an encoder-decoder feeds its decoder (a decoder-only model's labels are its inputs)."""
+        tokens = batch["attention_mask"].sum()
+        if self.model.config.is_encoder_decoder:
+            tokens = tokens + (batch["labels"] != -100).sum()
+        return tokens
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
         self.log_train_loss(loss)
