@@ -37,6 +37,15 @@ def test_modalities_must_match(cache_dir, tmp_path):
         build_model_and_data(cfg)
 
 
+def test_the_unet_trains_in_training_mode_and_the_frozen_parts_stay_in_eval(cache_dir, tmp_path):
+    """Lightning keeps submodules' own modes: a UNet left in from_pretrained's eval mode ignores LoRA dropout."""
+    cfg = compose_config("train", [*QUICK_SHOES, "+model.lora.lora_dropout=0.1"], tmp_path)
+    module, _ = build_model_and_data(cfg)
+    dropouts = [m for n, m in module.unet.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(m.training for m in dropouts) and module.unet.training
+    assert not module.vae.training and not module.text_encoder.training
+
+
 def test_training_step_follows_the_denoising_objective(cache_dir, tmp_path):
     cfg = compose_config("train", QUICK_SHOES, tmp_path)
     module, datamodule = build_model_and_data(cfg)

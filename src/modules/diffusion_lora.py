@@ -53,6 +53,8 @@ class DiffusionLoRAModule(LoRAModuleBase):
                  mode: str = "min", gradient_checkpointing: bool = False, attention: str = "sdpa",
                  image_grid_columns: int = 4, enable_xformers: bool | None = None):
         super().__init__(optimizer, scheduler, monitor, mode)
+        if hasattr(metrics, "check_monitor"):  # model.metrics.include=[clip] has no val/fid to monitor
+            metrics.check_monitor(monitor)
         if enable_xformers is not None:  # the earlier switch: runs saved with it still evaluate and serve
             log.warning("model.enable_xformers is deprecated — use model.attention=xformers (or sdpa)")
             attention = "xformers" if enable_xformers else attention
@@ -86,6 +88,9 @@ class DiffusionLoRAModule(LoRAModuleBase):
         except ValueError as err:
             raise UserError(f"LoRA config does not fit the UNet of {self.pretrained}: {str(err).splitlines()[0]} "
                             "— set model.lora.target_modules (e.g. [to_k, to_q, to_v, to_out.0])") from err
+        # from_pretrained returns eval mode and Lightning keeps submodules' modes: without this the LoRA
+        # dropout (and any UNet dropout) would never act in training. The VAE and text encoder stay in eval.
+        self.unet.train()
         self.image_metrics = metrics
         self._pipeline: StableDiffusionPipeline | None = None
         self._real_set = False
