@@ -140,7 +140,8 @@ class StopOnSignal:
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) == self._note:  # never over a handler installed after ours
+                signal.signal(signum, handler)
         self._previous = {}
 
     def _note(self, signum: int, frame: Any) -> None:

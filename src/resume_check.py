@@ -86,6 +86,8 @@ def config_difference(record: dict[str, Any], cfg: DictConfig, ours: dict[str, A
     if base and record.get("base") and PurePath(record["base"]).name != PurePath(base).name:
         return f"base model {record['base']}, this run has model.pretrained={base}"
     for name in MUST_MATCH if ours else ():
+        if name == "target_modules" and ours[name] is None:
+            continue  # peft's per-architecture default, which the record holds resolved
         if name in record and record[name] != ours[name]:
             return f"{name}={record[name]}, this run has model.lora.{name}={ours[name]}"
     return None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -190,6 +191,13 @@ def test_resuming_with_another_schedule_or_dropout_is_allowed(tiny_checkpoint, t
     assert check_resume_checkpoint(str(tiny_checkpoint), cfg)["global_step"] == 2
 
 
+def test_peft_default_targets_are_not_compared_with_the_resolved_ones(tiny_checkpoint, tmp_path):
+    """peft resolves target_modules=null into the config it is given, so the record holds a list where a resumed
+    run's fresh config holds None; a wrong set of targets still fails on the adapter weights when loading."""
+    cfg = resume_config(tmp_path, "model.lora.target_modules=null")
+    assert check_resume_checkpoint(str(tiny_checkpoint), cfg)["global_step"] == 2
+
+
 def foreign_files(directory: Path, checkpoint: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
@@ -265,3 +273,28 @@ def test_ddp_sim_saves_a_resumable_checkpoint_when_interrupted(cache_dir, tmp_pa
         run_cli("train.py", *TINY, "trainer=ddp_sim", f"trainer.max_steps={stopped_at + 2}", "val_every_n_steps=1000",
                 f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
         assert read_json(tmp_path / "resumed" / "metrics.json")["training"]["global_step"] == stopped_at + 2
+
+
+# -- Ctrl+C at a step that validates ---------------------------------------------------------------------------
+class InterruptAtStep(L.Callback):
+    """Ctrl+C as if pressed during the given optimizer step (sent to itself: nothing races a second process)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_a_validation_step_stops_after_its_validation_and_checkpoint(cache_dir, tmp_path):
+    """A resumed run counts that step's validation as done: stopping before it would lose it for good."""
+    every_2 = ["val_every_n_steps=2", "trainer.max_steps=4"]
+    interrupt = ["+callbacks.interrupt._target_=tests.test_faults.InterruptAtStep", "+callbacks.interrupt.step=2"]
+    interrupted = run_cli("train.py", *TINY, *every_2, *interrupt, f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert interrupted.returncode != 0 and global_step(checkpoints / "last.ckpt") == 2, interrupted.stdout[-2000:]
+    assert (checkpoints / "checkpoint-2.ckpt").is_file()  # step 2 was validated and kept before stopping
+    run_cli("train.py", *TINY, *every_2, f"hydra.run.dir={tmp_path / 'resumed'}", f"ckpt_path={checkpoints / 'last.ckpt'}")
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-4.ckpt").is_file()

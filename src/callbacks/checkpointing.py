@@ -48,6 +48,13 @@ def remove_orphans(directory: str | Path) -> None:
         log.info("removed %s, a partial checkpoint of a process that was killed while saving", orphan)
 
 
+def _validation_due(trainer: L.Trainer) -> bool:
+    """Whether the loop validates after the step that just ended (Lightning's own decision, or
+    ValidationInterval's, which replaces it)."""
+    fit_loop = trainer.fit_loop
+    return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
+
+
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt``: the latest state at every validation, and on Ctrl+C, SIGTERM or an error —
     but never on a non-finite loss, whose weights are not worth keeping.
@@ -61,6 +68,7 @@ class LastCheckpoint(ModelCheckpoint):
                          **kwargs)
         self._stop: StopOnSignal | None = None
         self._last_step = 0
+        self._stop_after_validation = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -81,19 +89,43 @@ class LastCheckpoint(ModelCheckpoint):
         # only after an optimizer step: gradients accumulated so far are not in a checkpoint
         stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
         signum = self._stop.agreed_signal(trainer) if self._stop and stepped else 0
-        if signum:
-            exception = StopOnSignal.exception_for(signum)
-            if is_spawned_worker(trainer):
-                _interrupt(trainer, exception)  # Lightning's own interrupt handling, here where the state is
-            raise exception  # in a single process, Lightning's handling around fit() catches it
+        if not signum:
+            return
+        if _validation_due(trainer):
+            # after this step's validation and checkpoints: a resumed run counts them as done and never runs them
+            self._stop_after_validation = signum
+            return
+        self._stop_now(trainer, signum)
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)  # last.ckpt; the top-k callback ran before this one
+        signum, self._stop_after_validation = self._stop_after_validation, 0
+        if signum and not trainer.sanity_checking:
+            self._stop_now(trainer, signum)
+
+    def _stop_now(self, trainer: L.Trainer, signum: int) -> None:
+        self._restore_signal_handlers()
+        exception = StopOnSignal.exception_for(signum)
+        if is_spawned_worker(trainer):
+            _interrupt(trainer, exception)  # Lightning's own interrupt handling, here where the state is
+        raise exception  # in a single process, Lightning's handling around fit() catches it
+
+    def _restore_signal_handlers(self) -> None:
+        # before Lightning's teardown restores the handlers it replaced, or ours would reinstate its stale one
         if self._stop:
             self._stop.uninstall()
             self._stop = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._restore_signal_handlers()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_signal_handlers()
         super().teardown(trainer, pl_module, stage)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_signal_handlers()
         if is_spawning_parent(trainer):
             if isinstance(exception, KeyboardInterrupt):
                 forward_interrupt_to_workers(trainer)
