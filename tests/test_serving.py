@@ -447,10 +447,30 @@ def write_run(run_dir: Path, config: str, checkpoint: dict | None = None) -> Pat
     return run_dir
 
 
-@pytest.mark.parametrize("target", ["os.system", "builtins.open"])  # Hydra's own blocklist misses builtins.open
-def test_a_run_config_naming_an_untrusted_target_is_refused_and_never_runs(tmp_path, target):
+def assert_run_refused_and_never_loaded(tmp_path, run: Path, *named: str) -> str:
+    """evaluate.py's path and the server's both refuse ``run`` with one line holding each of ``named``; returns
+    the server's error detail."""
     from src.serving.server import load_entry
     from src.targets import with_run_config
+
+    with pytest.raises(UserError) as refused:
+        with_run_config(OmegaConf.create({}), run)  # evaluate.py's path
+    assert "\n" not in str(refused.value) and all(n in str(refused.value) for n in named), refused.value
+    registry = ModelRegistry(tmp_path / "logs")
+    cache = ModelCache(partial(load_entry, OmegaConf.create({}), "cpu"), 2)  # the real loader
+    app = create_app(registry, cache, ImageStore(tmp_path / "images", 10), LIMITS)
+    status, _, listed = call(app, "GET", "/api/models")
+    assert status == 200 and not [m for m in listed["models"] if run.name in m["name"]]
+    name = f"{run.relative_to(tmp_path / 'logs').as_posix()}/last"
+    status, _, content = call(app, "POST", "/api/generate_text", {"model_name": name, "title": "a"})
+    assert status == 403 and all(n in one_line(content) for n in named), content
+    assert str(tmp_path) not in content["detail"]
+    return content["detail"]
+
+
+# Hydra's own blocklist misses builtins.open; src.atomic.atomic_write_text is lorafit code that writes any file
+@pytest.mark.parametrize("target", ["os.system", "builtins.open", "src.atomic.atomic_write_text"])
+def test_a_run_config_naming_an_untrusted_target_is_refused_and_never_runs(tmp_path, target):
     from src.trust import is_trusted_target
 
     marker = tmp_path / "pwned"
@@ -465,29 +485,73 @@ data:
   _target_: src.datamodules.amazon.AmazonTitlesDataModule
 seed: 1
 """)
-    with pytest.raises(UserError, match=rf"model\.pretrained\._target_='{target}'") as refused:
-        with_run_config(OmegaConf.create({}), run)  # evaluate.py's path
-    assert "\n" not in str(refused.value)
-    registry = ModelRegistry(tmp_path / "logs")
-    cache = ModelCache(partial(load_entry, OmegaConf.create({}), "cpu"), 2)  # the real loader
-    app = create_app(registry, cache, ImageStore(tmp_path / "images", 10), LIMITS)
-    status, _, listed = call(app, "GET", "/api/models")
-    assert status == 200 and not [m for m in listed["models"] if "evil" in m["name"]]
-    status, _, content = call(app, "POST", "/api/generate_text", {"model_name": "train/runs/evil/last", "title": "a"})
-    assert status == 403 and target in one_line(content), content
-    assert str(tmp_path) not in content["detail"]
+    assert_run_refused_and_never_loaded(tmp_path, run, f"model.pretrained._target_='{target}'")
     assert not marker.exists()
     assert not is_trusted_target("src.runtime.os.system")  # os imported into a trusted module: still os
 
 
-def test_every_target_in_conf_is_trusted():
+@pytest.mark.parametrize("interpolation, resolver", [
+    ("${{oc.create:{{_target_: os.system, _args_: ['touch {marker}']}}}}", "oc.create"),  # a target made late
+    ("${{oc.decode:'{{_target_: os.system, _args_: [touch {marker}]}}'}}", "oc.decode"),
+    ("${{oc.env:LORAFIT_API_KEY}}", "oc.env:LORAFIT_API_KEY"),  # a server secret copied into a field
+    ("${{oc.env:PROJECT_ROOT,${{oc.env:LORAFIT_API_KEY}}}}", "oc.env:LORAFIT_API_KEY"),  # nested in an allowed one
+    ("${{hydra:overrides.task}}", "hydra:overrides.task"),  # the server's command line (api_key=...)
+], ids=["oc.create", "oc.decode", "oc.env-secret", "oc.env-nested", "hydra-overrides"])
+def test_a_run_config_calling_a_resolver_conf_does_not_use_is_refused(tmp_path, monkeypatch, interpolation,
+                                                                       resolver):
+    monkeypatch.setenv("LORAFIT_API_KEY", "s3cret-key")
+    marker = tmp_path / "pwned"
+    run = write_run(tmp_path / "logs" / "train" / "runs" / "evil", f"""
+model:
+  _target_: src.modules.seq2seq_lora.Seq2SeqLoRAModule
+  pretrained: "{interpolation.format(marker=marker)}"
+data:
+  _target_: src.datamodules.amazon.AmazonTitlesDataModule
+seed: 1
+""")
+    detail = assert_run_refused_and_never_loaded(tmp_path, run, "model.pretrained=", f"the resolver '{resolver}'")
+    assert "s3cret-key" not in detail and not marker.exists()
+
+
+def test_a_target_that_appears_only_once_resolved_is_refused(monkeypatch):
+    """Defence in depth: even a resolver on the allowed list must not smuggle in a target."""
+    import src.trust
+    from src.trust import check_trusted_config
+
+    monkeypatch.setitem(src.trust.RESOLVERS, "oc.create", None)
+    cfg = OmegaConf.create({"model": {"_target_": "src.modules.seq2seq_lora.Seq2SeqLoRAModule",
+                                      "pretrained": "${oc.create:{_target_: os.getcwd}}", "loop": "${data}"},
+                            "data": {"_target_": "src.datamodules.amazon.AmazonTitlesDataModule", "back": "${model}"}})
+    with pytest.raises(UserError, match=r"model\.pretrained\._target_='os\.getcwd'"):
+        check_trusted_config(cfg, "run/.hydra/config.yaml")
+
+
+def test_only_the_src_targets_conf_names_are_trusted():
+    from src.trust import is_trusted_target
+
+    assert is_trusted_target("src.modules.seq2seq_lora.Seq2SeqLoRAModule")
+    for target in ("src.atomic.atomic_write_text", "src.atomic.atomic_write_json", "src.training.train",
+                   "src.serving.server.build_app"):
+        assert not is_trusted_target(target), target
+
+
+def test_every_target_and_resolver_in_conf_is_trusted(tmp_path):
     import re
 
-    from src.trust import is_trusted_target
+    from omegaconf import open_dict
+
+    from src.trust import check_trusted_config, is_trusted_target
 
     targets = {m[1] for p in (ROOT / "conf").rglob("*.yaml")
                for m in re.finditer(r"_target_:\s*([^\s#]+)", p.read_text())}
     assert len(targets) > 20 and [t for t in targets if not is_trusted_target(t)] == []
+    for path in (ROOT / "conf").rglob("*.yaml"):  # targets and resolver calls (paths, trainer=gpu, sweeps)
+        check_trusted_config(OmegaConf.load(path), path)
+    for experiment in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):  # as train.py saves a run's config
+        cfg = compose_config("train", [f"experiment={experiment.stem}"], tmp_path)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check_trusted_config(cfg, experiment.name)
 
 
 class RunsCode:
