@@ -8,7 +8,6 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import UserError
 from src.runtime import build_model_and_data, check_hardware, check_launcher, instantiate_group
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """Checkpoints that survive interruptions: atomic writes, and a save on Ctrl+C / SIGTERM (also under ddp_spawn)."""
 
 import logging
-import signal
 import threading
 from pathlib import Path
 from typing import Any
