@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.atomic import atomic_write_json, remove_orphan_temp_files
-from src.callbacks.run_start import GB, describe_device, device_facts, effective_batch, parameter_counts
+from src.callbacks.run_start import GB, describe_device, device_facts, effective_batch
 from src.distributed import is_spawning_parent
 from src.errors import NonFiniteLossError
 
@@ -181,7 +181,7 @@ class RunReport(L.Callback):
         """Tokens trained on and the estimated training FLOPs of this fit."""
         tokens = int(self.train_tokens) if self.train_tokens is not None else None
         if tokens is not None:
-            return {"tokens": tokens, "flops": flops_estimate(parameter_counts(pl_module)["total"], tokens)}
+            return {"tokens": tokens, "flops": flops_estimate(pl_module.count_parameters()["total"], tokens)}
         batches = self.train_batches * trainer.world_size
         total = self.flops_per_batch * batches if self.flops_per_batch is not None else None
         return {"tokens": None, "flops": {"total": total, "method": "measured_first_batch*batches",

@@ -77,13 +77,6 @@ def describe_batch(batch: dict[str, int | None]) -> str:
             f"accumulation × {devices}")
 
 
-def parameter_counts(pl_module: L.LightningModule) -> dict[str, int]:
-    if hasattr(pl_module, "count_parameters"):
-        return pl_module.count_parameters()
-    params = list(pl_module.parameters())
-    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
-
-
 def describe_parameters(counts: dict[str, int]) -> str:
     share = 100 * counts["trainable"] / counts["total"] if counts["total"] else 0.0
     return f"parameters: {counts['trainable']:,} trainable of {counts['total']:,} ({share:.3f}%)"
@@ -102,4 +95,4 @@ class RunStart(L.Callback):
         facts = device_facts(trainer.strategy.root_device)
         log.info("device: %s", describe_device(facts, trainer.num_devices))
         log.info(describe_batch(effective_batch(trainer)))
-        log.info(describe_parameters(parameter_counts(pl_module)))
+        log.info(describe_parameters(pl_module.count_parameters()))
