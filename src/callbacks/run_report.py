@@ -1,15 +1,19 @@
-"""The run report: ``metrics.json`` in the run directory at the end of fit."""
+"""The run report: ``metrics.json`` in the run directory at the end of fit; while fit runs, a marker
+(``RUNNING_MARKER``) saying which process trains, so the dashboard can tell a live run from a killed one."""
 
 import json
 import logging
 import math
+import os
 import platform
+import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import psutil
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
@@ -24,6 +28,7 @@ from src.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
+RUNNING_MARKER = ".lorafit_running"  # in the run directory from fit start to the report's last write
 
 def to_builtin(value: Any) -> Any:
     """Tensors and numbers to JSON-friendly floats (NaN/inf to None)."""
@@ -48,6 +53,18 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_running_marker(run_dir: Path) -> None:
+    """``{pid, hostname, create_time, started}`` of this process: a marker left by a killed process names a pid
+    that no longer runs (or, reused, one with another start time)."""
+    atomic_write_json(run_dir / RUNNING_MARKER, {
+        "pid": os.getpid(), "hostname": socket.gethostname(), "create_time": psutil.Process().create_time(),
+        "started": utc_now()})
+
+
+def remove_running_marker(run_dir: Path) -> None:
+    (run_dir / RUNNING_MARKER).unlink(missing_ok=True)
 
 
 def fit_end_reason(trainer: L.Trainer) -> str:
@@ -121,6 +138,7 @@ class RunReport(L.Callback):
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
         if trainer.is_global_zero:
             remove_orphan_temp_files(Path(self.path).parent)  # a report a killed run was writing
+            write_running_marker(Path(self.path).parent)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.train_tokens is None and self.flops_per_batch is None and self._flop_counter is None:
@@ -148,6 +166,7 @@ class RunReport(L.Callback):
             self.train_tokens = trainer.strategy.reduce(self.train_tokens, reduce_op="sum")
         self.stop_reason = self.stop_reason or fit_end_reason(trainer)
         self.write(trainer, pl_module)
+        self.fit_ended()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit":
@@ -159,6 +178,11 @@ class RunReport(L.Callback):
             self.train_tokens = self.train_tokens * trainer.world_size
         self.stop_reason = exception_reason(exception)
         self.write(trainer, pl_module)
+        self.fit_ended()
+
+    @rank_zero_only
+    def fit_ended(self) -> None:
+        remove_running_marker(Path(self.path).parent)  # after the report: its stop reason says how fit ended
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if Path(self.path).exists():  # add test metrics after fit's report

@@ -1,5 +1,6 @@
 """The HTTP API: ``GET /api/models``, ``POST /api/generate`` (images), ``POST /api/generate_text``,
-``GET /api/health``.
+``GET /api/health``, the dashboard's ``/api/runs...`` (``dashboard.py``), and the page itself: ``GET /`` and
+``/static/*`` (``static/``; no API key needed for the page, its /api calls send one).
 
 Generation endpoints are plain ``def`` functions, so FastAPI runs them in its thread pool: a long
 generation on one model does not block generation on another. Listing runs on threads of its own and
@@ -12,18 +13,22 @@ import logging
 import math
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.errors import UserError
 from src.serving import generation as gen
+from src.serving.compare_jobs import CompareJobs
+from src.serving.dashboard import dashboard_router
 from src.serving.guards import ApiKey, BodyLimit, scrub_paths
 from src.serving.images import ImageStore
 from src.serving.loading import LoadedModel, ModelBusy, ModelCache
@@ -32,6 +37,9 @@ from src.serving.schemas import Health, ImageResponse, ModelInfo, ModelList, Tex
 from src.trust import Refused
 
 log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # evaluate.py, for the dashboard's compare=all jobs
 
 
 def validation_message(errors: list[dict]) -> str:
@@ -48,16 +56,26 @@ def error_id() -> str:
 
 
 def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, limits, *,
-               max_body_bytes: int = 65536, model_wait_seconds: float = 60.0, api_key: str | None = None) -> FastAPI:
+               max_body_bytes: int = 65536, model_wait_seconds: float = 60.0, api_key: str | None = None,
+               project_root: str | Path | None = None) -> FastAPI:
     """The API over ``registry``'s models, loaded through ``cache``; ``limits`` bound request fields.
+    ``project_root`` holds evaluate.py, which the dashboard's compare jobs run (this checkout by default).
 
     A request waits at most ``model_wait_seconds`` for its model (a free slot among the loaded models, or
     the model's lock while other requests generate with it), then gets a 503 with Retry-After.
     """
     bodies = request_models(limits)
     ImageRequest, TextRequest = bodies.ImageRequest, bodies.TextRequest  # noqa: N806 (classes)
+    jobs = CompareJobs(registry.logs_dir, Path(project_root or PROJECT_ROOT))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await anyio.to_thread.run_sync(jobs.close)  # a compare subprocess does not outlive the server
+
     app = FastAPI(title="lorafit", summary="Generate with base models, checkpoints and adapters found in the logs "
-                  "directory", version="1")
+                  "directory; a dashboard of the training runs at /", version="1", lifespan=lifespan)
+    app.state.compare_jobs = jobs
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(ApiKey, key=api_key)  # added last: runs first, before any body is read
@@ -187,6 +205,13 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
                 raise HTTPException(422, f"cannot generate with these settings: {err}") from err
             used = gen.text_settings(loaded, settings)
         return TextResponse(model_name=body.model_name, input=source, text=text, settings=used, seed=seed)
+
+    app.include_router(dashboard_router(registry, jobs))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return app
 

@@ -49,7 +49,7 @@ def build_app(cfg: DictConfig):
                         f"{cfg.model_wait_seconds} above 0 — fix them in conf/serve.yaml or on the command line")
     app = create_app(registry, cache, ImageStore(cfg.output_dir, cfg.max_saved_images), cfg.limits,
                      max_body_bytes=cfg.max_body_bytes, model_wait_seconds=cfg.model_wait_seconds,
-                     api_key=api_key_of(cfg))
+                     api_key=api_key_of(cfg), project_root=cfg.paths.root_dir)
     return app, registry
 
 
@@ -63,8 +63,9 @@ def serve(cfg: DictConfig) -> None:
     app, registry = build_app(cfg)
     entries = registry.list()
     url = f"http://{cfg.host}:{cfg.port}"
-    log.info("serving %d models (%d runs) from %s at %s — API docs at %s/docs; images saved (on request) to %s",
-             len(entries), len({e.run for e in entries if e.run}), registry.logs_dir, url, url, cfg.output_dir)
+    log.info("serving %d models (%d runs) from %s at %s — dashboard at %s/, API docs at %s/docs; images saved (on "
+             "request) to %s", len(entries), len({e.run for e in entries if e.run}), registry.logs_dir, url, url, url,
+             cfg.output_dir)
     warning = exposure_warning(cfg.host, api_key_of(cfg))
     if warning:
         log.warning(warning)
