@@ -1,12 +1,16 @@
 """The bench suite: the framework's speed, memory and checkpoint size, each measured side by side with
 the usual alternative in the same run, on CPU.
 
-    python bench/run.py                      # every row (about 12 minutes on 2 quiet cores)
+    python bench/run.py                      # every row (a-f about 12 minutes on 2 quiet cores, g-j ~9 more)
     python bench/run.py --only a,c --quick   # some rows, fewer steps/samples/records (development)
     python bench/run.py --out /tmp/bench.json
 
 Rows: a training overhead, b padding, c evaluation, d data preparation (d.mem, d.time), e checkpoint
-size, f image evaluation. Prints a table and writes the figures (with details) to bench/results.json.
+size, f image evaluation; against the tools users would pick instead: g training vs Hugging Face's
+Seq2SeqTrainer + peft (group_by_length off and on, peak RSS; tiny T5 and flan-t5-base shape), h evaluation
+with generation vs Seq2SeqTrainer.predict, i diffusion LoRA training vs the step of diffusers'
+train_text_to_image_lora.py (time and peak RSS), j training overhead at the flan-t5-base shape (row a's
+comparison). Prints a table and writes the figures (with details) to bench/results.json.
 Models, data and runs go to $LORAFIT_BENCH_DIR (default /tmp/lorafit_bench), never into the repo;
 the synthetic 2M-record file is written once (about 1.4 GB) and reused.
 """
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, THREADS, WORK, quiet  # noqa: E402
 
-ROWS = ("a", "b", "c", "d", "e", "f")
+ROWS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
 
 
 def run_row(name: str, quick: bool, records: int | None) -> list[dict]:
@@ -42,8 +46,20 @@ def run_row(name: str, quick: bool, records: int | None) -> list[dict]:
     if name == "e":
         from bench.checkpoint_size import bench_checkpoint_size
         return [bench_checkpoint_size(quick)]
-    from bench.image_eval import bench_image_evaluation
-    return [bench_image_evaluation(quick)]
+    if name == "f":
+        from bench.image_eval import bench_image_evaluation
+        return [bench_image_evaluation(quick)]
+    if name == "g":
+        from bench.hf_trainer import bench_training_vs_hf
+        return bench_training_vs_hf(quick)
+    if name == "h":
+        from bench.hf_trainer import bench_evaluation_vs_hf
+        return bench_evaluation_vs_hf(quick)
+    if name == "i":
+        from bench.diffusion_training import bench_diffusion_training
+        return bench_diffusion_training(quick)
+    from bench.training import bench_training_overhead_base
+    return [bench_training_overhead_base(quick)]
 
 
 def table(rows: list[dict]) -> str:

@@ -1,10 +1,13 @@
-"""Rows a (training overhead) and b (padding), on a t5-small-shaped model with random weights.
+"""Rows a and j (training overhead) and b (padding), on T5-shaped models with random weights
+(t5-small; flan-t5-base for j).
 
 a. The framework as train.py builds it (Hydra compose → ``build_model_and_data`` → ``Trainer.fit`` with
    the default callbacks and the TensorBoard logger; only the progress bar is off and validation is
    skipped, ``trainer.limit_val_batches=0``) against a hand-written PyTorch + peft loop doing the same
    work per step (same LoRA config, AdamW, linear schedule, gradient clipping at 1.0, the datamodule's
    collation) on the same samples, alternated step by step in one process (see ``Interleaved``).
+j. Row a's comparison at the flan-t5-base shape (d_model 768, 12+12 layers, untied lm_head), fewer steps:
+   its step takes seconds on 2 cores.
 b. The same hand-written step on the framework's batches (padded to their own longest sequence) against
    the same samples padded to a fixed 450 tokens (inputs and labels), as the reference scripts did,
    alternated batch by batch.
@@ -16,7 +19,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from bench.common import WORK, compose, row, t5_small_dir
+from bench.common import WORK, compose, flan_t5_base_dir, row, t5_small_dir
 
 FIXED_LENGTH = 450
 
@@ -54,8 +57,8 @@ class Interleaved(L.Callback):
             self.samples.append(len(rows))
 
 
-def train_config(run: str, steps: int, extra: list[str] = ()):
-    return compose("train", ["model=flan_t5", f"model.pretrained={t5_small_dir()}", "data=amazon_sample",
+def train_config(run: str, steps: int, extra: list[str] = (), pretrained: str | None = None):
+    return compose("train", ["model=flan_t5", f"model.pretrained={pretrained or t5_small_dir()}", "data=amazon_sample",
                              "trainer=cpu", "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=0",
                              f"trainer.max_steps={steps}", "trainer.max_epochs=1", *extra], WORK / "runs" / run)
 
@@ -90,12 +93,13 @@ class HandWritten:
         return time.perf_counter() - start
 
 
-def bench_training_overhead(quick: bool) -> dict:
+def bench_training_overhead(quick: bool, name: str = "a", shape: str = "t5-small", pretrained: str | None = None,
+                            warmup_and_steps: tuple[int, int] = (3, 24)) -> dict:
     from src.runtime import build_model_and_data, instantiate_group
 
-    warmup, steps = (2, 4) if quick else (3, 24)
+    warmup, steps = (2, 4) if quick else warmup_and_steps
     total = warmup + steps + 1  # the last batch only closes the previous framework step's interval
-    cfg = train_config("a_training", total)
+    cfg = train_config(f"{name}_training", total, pretrained=pretrained)
     module, datamodule = build_model_and_data(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -109,7 +113,7 @@ def bench_training_overhead(quick: bool) -> dict:
     rate = {"framework": samples / sum(f for f, _ in pairs), "hand-written": samples / sum(h for _, h in pairs)}
     per_step = sorted(f / h for f, h in pairs)
     overhead = per_step[len(per_step) // 2] - 1  # median of the paired steps: robust to a burst of other load
-    return row("a", "training samples/s, framework vs hand-written PyTorch+peft loop (t5-small shape)",
+    return row(name, f"training samples/s, framework vs hand-written PyTorch+peft loop ({shape} shape)",
                round(rate["framework"], 2), round(rate["hand-written"], 2), "samples/s", round(overhead, 4),
                "overhead <= 3%", overhead <= 0.03,
                overhead_percent_median_step=round(100 * overhead, 1),
@@ -117,6 +121,11 @@ def bench_training_overhead(quick: bool) -> dict:
                paired_steps=len(pairs), warmup_steps=warmup, batch_size=cfg.data.batch_size,
                framework_callbacks=[type(c).__name__ for c in trainer.callbacks if c is not probe],
                framework_loggers=[type(lg).__name__ for lg in trainer.loggers], threads=torch.get_num_threads())
+
+
+def bench_training_overhead_base(quick: bool) -> dict:
+    """Row j: row a at the flan-t5-base shape; 2 warm-up and 10 paired steps (a pair takes ~8 s on 2 quiet cores)."""
+    return bench_training_overhead(quick, "j", "flan-t5-base", flan_t5_base_dir(), warmup_and_steps=(2, 10))
 
 
 def pad_to(batch: dict, length: int, pad_id: int) -> dict:
