@@ -1,4 +1,4 @@
-"""Evaluate: ``python evaluate.py ckpt=<run dir | .ckpt | adapter dir | base>`` (see conf/evaluate.yaml)."""
+"""Evaluate: ``python evaluate.py ckpt=<run dir | .ckpt | adapter dir | base | retrieval>`` (see conf/evaluate.yaml)."""
 
 import os
 from pathlib import Path
@@ -16,6 +16,10 @@ def main(cfg: DictConfig) -> dict:
     from src.runtime import run_task
     from src.evaluation import evaluate
 
+    if str(cfg.ckpt) == "retrieval":  # the retrieval baseline, not a model (src/comparison/retrieval.py)
+        from src.comparison.retrieval import evaluate_retrieval
+
+        return run_task(evaluate_retrieval, cfg)
     return run_task(evaluate, cfg)
 
 

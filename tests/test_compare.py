@@ -231,6 +231,11 @@ def test_side_by_side_pairs_each_input_with_both_outputs_and_their_sentence_scor
         assert r["checkpoint"] == "checkpoint-100"
     without_base = side_by_side(texts(tuned_out, [0, 1, 2]), None, "checkpoint-100")
     assert {(r["base"], r["rougeL_base"], r["bleu_base"]) for r in without_base} == {(None, None, None)}
+    assert {(r["retrieval"], r["rougeL_retrieval"], r["bleu_retrieval"]) for r in lines} == {(None, None, None)}
+    # the retrieval baseline's outputs (here the base outputs again), matched by uid like the base model's
+    with_retrieval = side_by_side(texts(tuned_out, [0, 1, 2]), None, "checkpoint-100", texts(base_out, [1, 2, 0]))
+    assert [(r["retrieval"], r["rougeL_retrieval"], r["bleu_retrieval"]) for r in with_retrieval] == [
+        (r["base"], r["rougeL_base"], r["bleu_base"]) for r in lines]
 
 # -- the sweep leaderboard ------------------------------------------------------------------------------
 def fake_run(directory: Path, overrides: list[str], score: float | None, mode: str = "max") -> Path:
@@ -304,8 +309,8 @@ def test_compare_every_checkpoint_of_a_text_run(trained_run, tmp_path):
     assert (out / "report.md").is_file() and (out / "metrics_by_step.png").stat().st_size > 10_000
     kept = {p.name for p in (trained_run / "checkpoints").glob("checkpoint-*.ckpt")}
     names = [r["name"] for r in report["rows"]]
-    assert names[0] == "base" and {f"{n}.ckpt" for n in names[1:] if n != "last"} == kept
-    steps = [r["step"] for r in report["rows"][1:]]
+    assert names[:2] == ["base", "retrieval"] and {f"{n}.ckpt" for n in names[2:] if n != "last"} == kept
+    steps = [r["step"] for r in report["rows"][2:]]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # last.ckpt only when it adds a step
     # on the validation split the comparison reproduces the run's own choice and score
     best = read_json(trained_run / "metrics.json")["best_checkpoint"]
@@ -325,17 +330,18 @@ def test_compare_every_checkpoint_of_a_text_run(trained_run, tmp_path):
     assert f"## Recommended: {chosen['name']} (step {chosen['step']})" in text and "| base | – |" in text
 
     # each checkpoint beside the one saved before it and beside the best, with a verdict from the intervals
-    curve = report["rows"][1:]
+    curve = report["rows"][2:]
     assert curve[0]["previous"] is None and base["previous"] is None
     for earlier, later in zip(curve, curve[1:]):
         assert later["previous"] == earlier["name"] and set(later["difference_previous"]) == {"rougeL", "bleu"}
-        for metric in ("rougeL", "bleu", "loss"):
+        for metric in ("rougeL", "bleu"):  # no loss: the run monitors val/rougeL (model.eval_loss=null)
             assert later["change_previous"][metric] == pytest.approx(later["metrics"][metric]
                                                                      - earlier["metrics"][metric])
     for r in report["rows"]:
         diff = r["difference"].get("rougeL")
         assert r["verdict"] == ("best" if r["recommended"] else "within noise of the best"
-                                if diff["low"] <= 0 <= diff["high"] else "worse than the best")
+                                if diff["low"] <= 0 <= diff["high"] else "worse than the best" if diff["high"] < 0
+                                else "better than the best")
     assert base["verdict"] == "worse than the best"
     assert "rougeL Δ vs previous | rougeL Δ vs best" in text and "side_by_side.jsonl" in text
 
@@ -352,13 +358,43 @@ def test_compare_every_checkpoint_of_a_text_run(trained_run, tmp_path):
         (c["uid"], c["input"], c["reference"], b["prediction"], c["prediction"])
         for b, c in zip(base_rows, chosen_rows, strict=True)]
     assert {r["checkpoint"] for r in lines} == {chosen["name"]}
-    for who in ("base", "recommended"):
+    for who in ("base", "recommended", "retrieval"):
         outputs, refs = [r[who] for r in lines], [r["reference"] for r in lines]
         assert [r[f"rougeL_{who}"] for r in lines] == pytest.approx(sentence_rouge_l(outputs, refs), abs=1e-6)
         assert [r[f"bleu_{who}"] for r in lines] == pytest.approx(
             [sacrebleu.sentence_bleu(o, [ref]).score for o, ref in zip(outputs, refs)], abs=1e-4)
     assert np.mean([r["rougeL_recommended"] for r in lines]) == pytest.approx(chosen["metrics"]["rougeL"], abs=1e-5)
     assert np.mean([r["rougeL_base"] for r in lines]) == pytest.approx(base["metrics"]["rougeL"], abs=1e-5)
+
+    # the retrieval baseline: a row with its own intervals, paired against the recommended checkpoint and the base
+    # model, never recommended, scored as the reference implementations score its outputs
+    retrieval = report["rows"][1]
+    assert retrieval["retrieval"] and not retrieval["recommended"] and retrieval["step"] is None
+    assert set(retrieval["metrics"]) == set(retrieval["intervals"]) == {"rougeL", "bleu"}  # no loss: no model
+    assert set(retrieval["difference"]) == set(retrieval["difference_base"]) == {"rougeL", "bleu"}
+    copied = [json.loads(line) for line in (out / "retrieval" / "predictions.jsonl").open()]
+    outputs, refs = [p["prediction"] for p in copied], [p["reference"] for p in copied]
+    assert retrieval["metrics"]["rougeL"] == pytest.approx(np.mean(sentence_rouge_l(outputs, refs)), abs=1e-6)
+    assert retrieval["metrics"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(outputs, [refs]).score, abs=1e-4)
+    assert [p["uid"] for p in copied] == [p["uid"] for p in chosen_rows]  # the same samples, the same order
+    assert [r["retrieval"] for r in lines] == outputs
+    assert retrieval["difference_base"]["rougeL"]["estimate"] == pytest.approx(
+        retrieval["metrics"]["rougeL"] - base["metrics"]["rougeL"], abs=1e-5)
+    versus = report["retrieval"]
+    diff = versus["recommended_minus_retrieval"]
+    assert versus["metric"] == "val/rougeL" and versus["recommended"] == chosen["name"]
+    assert diff["estimate"] == pytest.approx(chosen["metrics"]["rougeL"] - retrieval["metrics"]["rougeL"], abs=1e-5)
+    assert versus["significant"] == (not diff["low"] <= 0 <= diff["high"])
+    assert versus["fine_tuning_beat_retrieval"] == (diff["estimate"] > 0)
+    assert versus["sentence"] in report["notes"] and f"- {versus['sentence']}" in text
+    assert "| retrieval (baseline) | – |" in text and "## Retrieval baseline" in text
+
+    # scored alone on the same split, it gives the row's numbers
+    alone = tmp_path / "alone"
+    run_cli("evaluate.py", "ckpt=retrieval", f"config_from={trained_run}", "split=val", f"hydra.run.dir={alone}")
+    assert read_json(alone / "metrics.json")["metrics"] == read_json(out / "retrieval" / "metrics.json")["metrics"]
+    assert read_json(alone / "metrics.json")["metrics"]["val/rougeL"] == retrieval["metrics"]["rougeL"]
+    assert (alone / "predictions.jsonl").read_text() == (out / "retrieval" / "predictions.jsonl").read_text()
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """A multirun sweep's leaderboard: each run's best checkpoint, ranked by the monitored score recorded in its
-``metrics.json``, with the overrides that set the runs apart. With ``reevaluate=true`` each best checkpoint
+``metrics.json``, with the overrides that set the runs apart, and the retrieval baseline's score on the same
+metric and data as a reference line (text runs sharing their data). With ``reevaluate=true`` each best checkpoint
 is also evaluated here on the same samples, with paired bootstrap intervals against the top one."""
 
 import json
@@ -87,6 +88,12 @@ def leaderboard(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     board = {"sweep": str(sweep_dir), "monitor": ranked[0]["monitor"], "mode": ranked[0]["mode"],
              "axes": axes, "runs": ranked}
+    if cfg.get("retrieval", True):
+        from src.comparison.retrieval import sweep_reference
+
+        board["retrieval"] = sweep_reference(cfg, ranked, board["monitor"], out)
+        if "score" in board["retrieval"]:
+            board["retrieval"]["beaten_by"] = beaten_by(ranked, board["retrieval"]["score"], board["mode"])
     if cfg.get("reevaluate"):
         board["reevaluated"] = reevaluate(cfg, ranked, out)
     write_json(out / "report.json", board)
@@ -124,6 +131,12 @@ def reevaluate(cfg: DictConfig, ranked: list[dict[str, Any]], out: Path) -> dict
     return {"recommended": report["recommended"], "file": "reevaluated/report.md"}
 
 
+def beaten_by(ranked: list[dict[str, Any]], score: float, mode: str) -> list[str]:
+    """The runs whose best score is better than ``score``."""
+    return [r["run"] for r in ranked if r["rank"] is not None and (r["score"] > score if mode == "max"
+                                                                   else r["score"] < score)]
+
+
 def board_source(ranked: list[dict[str, Any]]) -> str:
     return str(Path(ranked[0]["run_dir"]).parent)
 
@@ -139,7 +152,11 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
              "| rank | run | " + " | ".join(board["axes"] or ["overrides"]) + f" | best {monitor} | "
              + " | ".join(test_keys) + (" | " if test_keys else "") + "best checkpoint |",
              "|---|---|" + "---|" * (len(board["axes"] or [1]) + 1 + len(test_keys) + 1)]
-    for run in board["runs"]:
+    reference = board.get("retrieval") or {}
+    line_at = reference_position(board["runs"], reference, board["mode"]) if "score" in reference else None
+    for position, run in enumerate(board["runs"]):
+        if position == line_at:
+            lines.append(reference_line(board, test_keys))
         axes = [run["distinguishing"][k] for k in board["axes"]] or [" ".join(f"{k}={v}" for k, v in
                                                                       run["overrides"].items()) or "–"]
         tests = [fmt(run["test_metrics"].get(k)) for k in test_keys]
@@ -148,10 +165,35 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
         rank = "–" if run["rank"] is None else str(run["rank"])
         lines.append(f"| {rank} | {run['run']} | " + " | ".join(axes) + f" | {fmt(run['score'])} | "
                      + " | ".join(tests) + (" | " if tests else "") + where + " |")
+    if line_at == len(board["runs"]):
+        lines.append(reference_line(board, test_keys))
     lines += ["", "Scores are each run's own validation; differences between runs of a few hundred samples may be "
               "noise: `reevaluate=true` scores every best checkpoint on the same samples with paired intervals."]
+    if "score" in reference:
+        beaten, scored = reference["beaten_by"], [r for r in board["runs"] if r["rank"] is not None]
+        lines += ["", f"Retrieval (reference line): for each of the {reference['samples']} validation inputs, the "
+                  f"target of the most similar of the {reference['training_inputs']} training inputs (BM25+), scored "
+                  f"{monitor} {fmt(reference['score'])}; {len(beaten)} of {len(scored)} runs score above it "
+                  f"(outputs: `{reference['outputs']}/predictions.jsonl`)."]
+    elif "note" in reference:
+        lines += ["", f"Note: {reference['note']}."]
     if "reevaluated" in board:
         rec = board["reevaluated"]["recommended"]
         lines += ["", f"Re-evaluated here ({board['reevaluated']['file']}): best is {rec['name']} — {rec['reason']}."]
     return "\n".join(lines) + "\n"
 
+
+
+def reference_position(runs: list[dict[str, Any]], reference: dict[str, Any], mode: str) -> int:
+    """Where the retrieval line goes in the table: after the scored runs that beat it."""
+    beaten = set(reference["beaten_by"])
+    scored = [r for r in runs if r["rank"] is not None]
+    return next((i for i, r in enumerate(scored) if r["run"] not in beaten), len(scored))
+
+
+def reference_line(board: dict[str, Any], test_keys: list[str]) -> str:
+    """The retrieval baseline as a table row: no rank, no axes, its score on the monitored metric."""
+    axes = ["–"] * (len(board["axes"]) or 1)
+    tests = ["–"] * len(test_keys)
+    return ("| – | **retrieval** (reference) | " + " | ".join(axes) + f" | {fmt(board['retrieval']['score'])} | "
+            + " | ".join(tests) + (" | " if tests else "") + "– |")

@@ -9,10 +9,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+# horizontal lines for the rows that are no checkpoint: nothing to put on the step axis
+REFERENCE_LINES = {"base": dict(linestyle="--", color="grey", label="base model"),
+                   "retrieval": dict(linestyle=":", color="tab:green", linewidth=2, label="retrieval")}
+
 
 def plot_metrics_by_step(report: dict[str, Any], path: Path) -> Path:
     """A panel per metric: checkpoints by step with their intervals, the recommended one starred,
-    the base model as a dashed line."""
+    the base model as a dashed line and the retrieval baseline as a dotted one."""
     metrics = report["metrics"]
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
@@ -32,10 +36,11 @@ def plot_metrics_by_step(report: dict[str, Any], path: Path) -> Path:
             if r["recommended"]:
                 ax.plot([r["step"]], [r["metrics"][metric]], marker="*", markersize=16, color="tab:orange",
                         linestyle="none", label="recommended")
-        for base in (r for r in report["rows"] if r["baseline"]):
-            value = base["metrics"].get(metric)
+        for reference in (r for r in report["rows"] if r["baseline"] or r.get("retrieval")):
+            value = reference["metrics"].get(metric)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                ax.axhline(value, linestyle="--", color="grey", label="base model")
+                style = REFERENCE_LINES["retrieval" if reference.get("retrieval") else "base"]
+                ax.axhline(value, **style)
         ax.set_title(f"{report['split']}/{metric}")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
@@ -43,7 +48,7 @@ def plot_metrics_by_step(report: dict[str, Any], path: Path) -> Path:
             ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    fig.suptitle(f"{report['source']} — bars: {conf}% bootstrap intervals", fontsize=9)
+    fig.suptitle(f"{Path(str(report['source'])).name} — bars: {conf}% bootstrap intervals", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """The comparison report: one row per evaluated checkpoint with every metric and its bootstrap interval,
 the change versus the previous checkpoint and versus the recommended one (paired intervals where the samples
 have per-sample scores), a verdict per row from those intervals, the recommendation and notes (overfitting,
-selection split, FID sample size); as a dict (report.json) and markdown.
+selection split, FID sample size, whether fine-tuning beat the retrieval baseline); as a dict (report.json) and
+markdown.
 
 Pure functions over ``Evaluated`` rows, so the verdicts are tested on synthetic per-sample scores.
 """
@@ -16,13 +17,14 @@ from src.modules.base import DIRECTIONS
 
 STABLE_FID_IMAGES = 2048  # InceptionV3's feature dimension: fewer images give a singular covariance there
 BEST, WITHIN_NOISE, WORSE = "best", "within noise of the best", "worse than the best"
+BETTER = "better than the best"  # a reference row (base model, retrieval) can beat every checkpoint
 # a percentile interval on the better side of a lower point estimate (possible for FID, whose resamples are biased)
 UNCLEAR = "unclear: its interval favours it over the best"
 
 
 @dataclass
 class Evaluated:
-    """One evaluated checkpoint (or the base model) and what its intervals resample."""
+    """One evaluated checkpoint (or the base model, or the retrieval baseline) and what its intervals resample."""
 
     name: str
     step: int | None
@@ -34,6 +36,12 @@ class Evaluated:
     outputs: str | None = None  # subdirectory holding its metrics.json and predictions
     fid_samples: tuple[int, int] | None = None  # (generated images, feature dimension)
     texts: list[dict] = field(default_factory=list)  # text rows: uid, input, reference, prediction, rougeL
+    retrieval: bool = False  # the retrieval baseline (src/comparison/retrieval.py): a reference, never recommended
+
+    @property
+    def reference(self) -> bool:
+        """Not a checkpoint: the base model or the retrieval baseline."""
+        return self.baseline or self.retrieval
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ def percent_change(value: Any, reference: Any) -> float | None:
 
 def recommend(rows: list[Evaluated], metric: str, mode: str) -> Evaluated:
     """The fine-tuned checkpoint with the best ``metric`` by ``mode``; a tie goes to the earlier step."""
-    candidates = [r for r in rows if not r.baseline and finite(r.metrics.get(metric))]
+    candidates = [r for r in rows if not r.reference and finite(r.metrics.get(metric))]
     if not candidates:
         raise UserError(f"no checkpoint has a finite {metric} score to choose by — check the evaluation log")
     candidates.sort(key=lambda r: (r.step if r.step is not None else math.inf))
@@ -96,9 +104,11 @@ def interval_text(diff: dict, verdict: bool = True) -> str:
 
 def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
                  settings: BootstrapSettings = BootstrapSettings(), source: str = "",
-                 notes: list[str] | None = None, across_runs: bool = False) -> dict[str, Any]:
+                 notes: list[str] | None = None, across_runs: bool = False,
+                 retrieval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything report.json holds; ``to_markdown`` renders it. ``across_runs``: the rows are different runs
-    (a sweep's best checkpoints), so their steps are no training curve and no overfitting note applies."""
+    (a sweep's best checkpoints), so their steps are no training curve and no overfitting note applies.
+    ``retrieval``: how the retrieval row was made (method, training inputs), for report.json's ``retrieval``."""
     key = monitor.partition("/")[2]
     selected_by = f"{split}/{key}"
     best = recommend(rows, key, mode)
@@ -106,15 +116,19 @@ def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
     metric_names = list(dict.fromkeys(names))
 
     previous = {} if across_runs else previous_checkpoints(rows)
+    base = next((r for r in rows if r.baseline), None)
     table = []
     for row in rows:
         n = len(row.sample_ids or [])
         before = previous.get(row.name)
         entry = {"name": row.name, "step": row.step, "path": row.path, "baseline": row.baseline,
-                 "outputs": row.outputs, "recommended": row is best, "samples": n, "metrics": row.metrics,
+                 "retrieval": row.retrieval, "outputs": row.outputs, "recommended": row is best, "samples": n,
+                 "metrics": row.metrics,
                  "intervals": {}, "change": {}, "change_pct": {}, "difference": {},
                  "previous": before.name if before else None, "change_previous": {}, "change_previous_pct": {},
                  "difference_previous": {}}
+        if row.retrieval:  # versus the base model too: did copying beat the untuned model?
+            entry.update({"change_base": {}, "change_base_pct": {}, "difference_base": {}})
         for metric in metric_names:
             if metric in row.statistics and n:
                 entry["intervals"][metric] = bootstrap_interval(row.statistics[metric], n,
@@ -125,11 +139,14 @@ def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
                 compare_rows(entry, "", row, best, metric, settings)
             if before is not None:
                 compare_rows(entry, "_previous", row, before, metric, settings)
+            if row.retrieval and base is not None:
+                compare_rows(entry, "_base", row, base, metric, settings)
         entry["verdict"] = verdict(entry, key, mode)
         table.append(entry)
 
     best_entry = next(e for e in table if e["recommended"])
-    checkpoints = [e for e in table if not e["baseline"] and finite(e["metrics"].get(key))]
+    checkpoints = [e for e in table if not is_reference(e) and finite(e["metrics"].get(key))]
+    versus_retrieval = retrieval_comparison(best_entry, table, key, split, mode, retrieval)
     report = {
         "source": source, "split": split, "monitor": monitor, "mode": mode, "selected_by": selected_by,
         "samples": best_entry["samples"], "metrics": metric_names,
@@ -141,14 +158,22 @@ def build_report(rows: list[Evaluated], *, monitor: str, mode: str, split: str,
         "notes": [*(notes or []),
                   *([] if across_runs else overfitting_notes(best_entry, checkpoints, key, selected_by, mode)),
                   *baseline_notes(best_entry, table, key, selected_by, mode),
+                  *([versus_retrieval["sentence"]] if versus_retrieval else []),
                   *verdict_notes(table, selected_by), *fid_notes(rows), *selection_notes(split)],
     }
+    if versus_retrieval:
+        report["retrieval"] = versus_retrieval
     return report
+
+
+def is_reference(entry: dict) -> bool:
+    """A report row that is no checkpoint: the base model or the retrieval baseline."""
+    return entry["baseline"] or entry.get("retrieval", False)
 
 
 def previous_checkpoints(rows: list[Evaluated]) -> dict[str, Evaluated]:
     """Each checkpoint's predecessor on the training curve (by step); the first one and the base model have none."""
-    curve = sorted((r for r in rows if not r.baseline and r.step is not None), key=lambda r: r.step)
+    curve = sorted((r for r in rows if not r.reference and r.step is not None), key=lambda r: r.step)
     return {later.name: earlier for earlier, later in zip(curve, curve[1:])}
 
 
@@ -167,8 +192,9 @@ def compare_rows(entry: dict, suffix: str, row: Evaluated, other: Evaluated, met
 
 def verdict(entry: dict, key: str, mode: str) -> str | None:
     """From the paired interval of the monitored metric versus the recommended row: zero inside it → within
-    noise; outside on the worse side → worse. None when there is no such interval (no per-sample scores,
-    other samples)."""
+    noise; outside on the worse side → worse; on the better side → better for a reference row (base model,
+    retrieval), unclear for a checkpoint. None when there is no such interval (no per-sample scores, other
+    samples)."""
     if entry["recommended"]:
         return BEST
     diff = entry["difference"].get(key)
@@ -177,7 +203,7 @@ def verdict(entry: dict, key: str, mode: str) -> str | None:
     if not diff["significant"]:
         return WITHIN_NOISE
     worse_side = diff["high"] < 0 if mode == "max" else diff["low"] > 0
-    return WORSE if worse_side else UNCLEAR
+    return WORSE if worse_side else BETTER if is_reference(entry) else UNCLEAR
 
 
 def verdict_notes(table: list[dict], selected_by: str) -> list[str]:
@@ -237,6 +263,46 @@ def baseline_notes(best: dict, table: list[dict], key: str, selected_by: str, mo
     return notes
 
 
+def retrieval_comparison(best: dict, table: list[dict], key: str, split: str, mode: str,
+                         info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """report.json's ``retrieval``: did fine-tuning beat the retrieval baseline, and significantly (the paired interval
+    of recommended − retrieval excludes zero)? On the monitored metric; when retrieval has none (loss), on the first
+    metric it has. ``sentence`` says it in the notes. None without a retrieval row."""
+    row = next((e for e in table if e.get("retrieval")), None)
+    if row is None:
+        return None
+    metric = next((m for m in [key, *row["difference"]] if m in row["difference"]), None)
+    result = {**(info or {}), "row": row["name"], "metric": f"{split}/{metric}" if metric else None,
+              "recommended": best["name"], "recommended_minus_retrieval": None, "fine_tuning_beat_retrieval": None,
+              "significant": None,
+              "retrieval_minus_base": {m: d for m, d in (row.get("difference_base") or {}).items()}}
+    ours = row["difference"].get(metric) if metric else None
+    if ours is None or not (finite(ours["low"]) and finite(ours["high"])):
+        result["sentence"] = ("whether fine-tuning beat retrieval is not known: there is no paired interval of the "
+                              "recommended checkpoint against it (no per-sample scores on the same samples)")
+        return result
+    # the row holds retrieval − recommended: turn it round
+    diff = {**ours, "estimate": -ours["estimate"], "low": -ours["high"], "high": -ours["low"]}
+    better = mode if metric == key else (direction(metric) or "max")
+    beat = diff["estimate"] > 0 if better == "max" else diff["estimate"] < 0
+    result.update(recommended_minus_retrieval=diff, fine_tuning_beat_retrieval=beat, significant=diff["significant"])
+    name = f"{split}/{metric}"
+    conf = int(round(100 * diff["confidence"]))
+    numbers = (f"recommended − retrieval = {fmt_signed(diff['estimate'])}, {conf}% paired interval "
+               f"[{fmt_signed(diff['low'])}, {fmt_signed(diff['high'])}]")
+    lead = f"retrieval has no {split}/{key} (no model to score the references with); " if metric != key else ""
+    what = f"retrieval (the target of the most similar training input) on {name}"
+    zero = "excludes zero" if diff["significant"] else "contains zero"
+    if beat:
+        outcome = f"fine-tuning beat {what}, {'significantly' if diff['significant'] else 'but not significantly'}"
+    elif diff["significant"]:
+        outcome = f"fine-tuning did not beat {what}: retrieval is significantly better"
+    else:
+        outcome = f"fine-tuning did not beat {what}, but the difference is not significant"
+    result["sentence"] = f"{lead}{outcome} ({numbers}, which {zero})"
+    return result
+
+
 def fid_notes(rows: list[Evaluated]) -> list[str]:
     sizes = {r.fid_samples for r in rows if r.fid_samples}
     if not sizes:
@@ -265,6 +331,8 @@ def selection_notes(split: str) -> list[str]:
 
 
 def row_name(row: dict) -> str:
+    if row.get("retrieval"):
+        return f"{row['name']} (baseline)"
     return f"**{row['name']}** (recommended)" if row["recommended"] else row["name"]
 
 
@@ -310,7 +378,8 @@ def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
                      + " |")
     lines += ["", f"Brackets: each score's own {conf}% interval. Verdict: from the paired interval of "
               f"{report['selected_by']} versus the recommended checkpoint (below): \"{WITHIN_NOISE}\" when it "
-              f"contains zero, \"{WORSE}\" when it excludes zero on the worse side.", ""]
+              f"contains zero, \"{WORSE}\" when it excludes zero on the worse side (\"{BETTER}\" on the better side, "
+              "for the base model and retrieval).", ""]
     changed = [m for m in metrics if m in DIRECTIONS]
     if changed:
         with_previous = any(r.get("previous") for r in report["rows"])  # a sweep's runs are no curve
@@ -328,6 +397,8 @@ def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
                   + "Δ vs best: that row minus the recommended one. With brackets, a paired interval (both rows scored "
                   "on the same resampled samples), \"not significant\" when it contains zero; without, the change of "
                   "the scores (no per-sample scores to resample) and in percent.", ""]
+    if report.get("retrieval"):
+        lines += retrieval_markdown(report["retrieval"], conf)
     if report.get("side_by_side"):
         lines += [f"Outputs side by side, one line per input with its sentence scores: `{report['side_by_side']}`.",
                   ""]
@@ -336,3 +407,19 @@ def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
     if plot:
         lines += [f"![metrics by step]({plot})", ""]
     return "\n".join(lines)
+
+
+def retrieval_markdown(retrieval: dict[str, Any], conf: int) -> list[str]:
+    """The retrieval baseline's section: how it was made, the verdict sentence, and its change from the base model."""
+    made = retrieval.get("method", "the target of the most similar training input")
+    inputs = retrieval.get("training_inputs")
+    lines = ["## Retrieval baseline", "",
+             f"For each input, the target of the most similar training input: {made}"
+             + (f", {inputs} training inputs" if inputs else "") + f". Outputs with the training input each copied: "
+             f"`{retrieval['row']}/predictions.jsonl`.", "",
+             retrieval["sentence"][0].upper() + retrieval["sentence"][1:] + ".", ""]
+    versus_base = retrieval.get("retrieval_minus_base") or {}
+    if versus_base:
+        lines += [f"Retrieval − base model (paired, {conf}%): "
+                  + "; ".join(f"{m} {interval_text(d)}" for m, d in versus_base.items()) + ".", ""]
+    return lines

@@ -1,5 +1,5 @@
-"""``evaluate.py ckpt=<run dir> compare=all``: every saved checkpoint of a run (and the base model, for
-text) on the same samples; over a multirun sweep directory, a leaderboard of the runs.
+"""``evaluate.py ckpt=<run dir> compare=all``: every saved checkpoint of a run (and, for text, the base model and
+the retrieval baseline) on the same samples; over a multirun sweep directory, a leaderboard of the runs.
 
 The module and datamodule are built once: the data are tokenized once, the base model stays in memory
 and each checkpoint only swaps the LoRA weights in; a diffusion module keeps the real images' features
@@ -18,6 +18,7 @@ from src.callbacks.run_report import write_json
 from src.comparison.checkpoints import list_checkpoints
 from src.comparison.plots import plot_metrics_by_step
 from src.comparison.report import BootstrapSettings, Evaluated, build_report, fmt, to_markdown
+from src.comparison.retrieval import IMAGE_NOTE, retrieval_row, training_index
 from src.comparison.samples import SIDE_BY_SIDE, per_sample, side_by_side
 from src.errors import UserError
 from src.evaluation import run_evaluation, write_evaluation
@@ -85,13 +86,15 @@ def kept_checkpoints_note(run_dir: Path, monitor: str) -> list[str]:
 
 
 def write_side_by_side(out: Path, rows: list[Evaluated], report: dict[str, Any]) -> None:
-    """Text runs: each input with the base model's and the recommended checkpoint's output (``side_by_side.jsonl``),
-    named in the report."""
-    recommended = next(r for r in rows if r.name == report["recommended"]["name"] and not r.baseline)
+    """Text runs: each input with the base model's, the recommended checkpoint's and the retrieval baseline's output
+    (``side_by_side.jsonl``), named in the report."""
+    recommended = next(r for r in rows if r.name == report["recommended"]["name"] and not r.reference)
     if not recommended.texts:
         return
     base = next((r for r in rows if r.baseline), None)
-    lines = side_by_side(recommended.texts, base.texts if base else None, recommended.name)
+    retrieval = next((r for r in rows if r.retrieval), None)
+    lines = side_by_side(recommended.texts, base.texts if base else None, recommended.name,
+                         retrieval.texts if retrieval else None)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / SIDE_BY_SIDE, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
@@ -126,9 +129,17 @@ def compare_checkpoints(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         module.load_state_dict(trainable_state_from_checkpoint(str(checkpoint.path)))
         rows.append(evaluate_row(cfg, module, datamodule, out, checkpoint.name, step=checkpoint.step,
                                  path=str(checkpoint.path)))
+    retrieval = None
+    if cfg.get("retrieval", True):
+        if module.encoding == "diffusion":
+            notes.append(IMAGE_NOTE)
+        else:  # after the passes: the datamodule is set up and the samples are in the passes' order
+            index = training_index(datamodule)
+            rows.insert(int(rows[0].baseline), retrieval_row(datamodule, cfg.split, out, index))
+            retrieval = index.describe()
 
     report = build_report(rows, monitor=module.monitor, mode=module.mode, split=cfg.split, settings=settings,
-                          source=str(run_dir), notes=notes)
+                          source=str(run_dir), notes=notes, retrieval=retrieval)
     write_side_by_side(out, rows, report)
     write_report(out, report)
     rec = report["recommended"]

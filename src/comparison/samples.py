@@ -1,7 +1,7 @@
 """What an evaluation pass leaves for bootstrap intervals: which samples were scored, and a statistic per
 metric over resampled sample indices (sentence ROUGE-L and corpus BLEU for text; CLIP per image and FID
 over the generated images' features for diffusion). For text, also the outputs side by side: each input
-with the base model's and the recommended checkpoint's output and their sentence scores."""
+with the base model's, the recommended checkpoint's and the retrieval baseline's output and their sentence scores."""
 
 import functools
 from dataclasses import dataclass, field
@@ -30,10 +30,7 @@ def per_sample(module) -> PerSample:
     if not rows:
         return PerSample()
     if "reference" in rows[0]:  # text families
-        preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
-        return PerSample([r["uid"] for r in rows], {"rougeL": mean_statistic([r["rougeL"] for r in rows]),
-                                                    "bleu": corpus_bleu_statistic(preds, refs)},
-                         texts=[{k: r.get(k) for k in TEXT_FIELDS} for r in rows])
+        return text_samples(rows)
     result = PerSample([f"{r['prompt']}#{r['seed']}" for r in rows])
     if all("clip" in r for r in rows):
         result.statistics["clip_mean"] = mean_statistic([r["clip"] for r in rows])
@@ -43,6 +40,15 @@ def per_sample(module) -> PerSample:
         result.statistics["fid"] = fid_statistic(real_mean, real_cov, features)
         result.fid_samples = (len(features), features.shape[1])
     return result
+
+
+def text_samples(rows: list[dict]) -> PerSample:
+    """Text prediction rows (``uid``, ``input``, ``reference``, ``prediction``, ``rougeL``: a model's pass or the
+    retrieval baseline's) as sentence ROUGE-L and corpus BLEU statistics."""
+    preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+    return PerSample([r["uid"] for r in rows], {"rougeL": mean_statistic([r["rougeL"] for r in rows]),
+                                                "bleu": corpus_bleu_statistic(preds, refs)},
+                     texts=[{k: r.get(k) for k in TEXT_FIELDS} for r in rows])
 
 
 @functools.cache
@@ -60,19 +66,21 @@ def sentence_bleu(prediction: str, reference: str) -> float:
     return round(float(_sentence_bleu_scorer().sentence_score(prediction, [reference]).score), 4)
 
 
-def side_by_side(recommended: list[dict], base: list[dict] | None, name: str) -> list[dict]:
-    """One row per input of the recommended checkpoint's pass: input, reference, both outputs and their sentence
-    ROUGE-L (``src.metrics.text.sentence_rouge_l``, the per-sample scores the report's ROUGE-L averages) and
-    sentence BLEU. ``base`` None (``baseline=false``) leaves the base columns null."""
-    by_uid = {r["uid"]: r for r in base or []}
+def side_by_side(recommended: list[dict], base: list[dict] | None, name: str,
+                 retrieval: list[dict] | None = None) -> list[dict]:
+    """One row per input of the recommended checkpoint's pass: input, reference, the base model's, the recommended
+    checkpoint's and the retrieval baseline's outputs and their sentence ROUGE-L (``src.metrics.text.sentence_rouge_l``,
+    the per-sample scores the report's ROUGE-L averages) and sentence BLEU. ``base`` None (``baseline=false``) or
+    ``retrieval`` None (``retrieval=false``) leaves those columns null."""
+    by_uid = {"base": {r["uid"]: r for r in base or []}, "retrieval": {r["uid"]: r for r in retrieval or []}}
     rows = []
     for r in recommended:
-        other = by_uid.get(r["uid"])
+        found = {"base": by_uid["base"].get(r["uid"]), "recommended": r, "retrieval": by_uid["retrieval"].get(r["uid"])}
         rows.append({"uid": r["uid"], "input": r["input"], "reference": r["reference"], "checkpoint": name,
-                     "base": other["prediction"] if other else None, "recommended": r["prediction"],
-                     "rougeL_base": rouge_l(other), "rougeL_recommended": rouge_l(r),
-                     "bleu_base": sentence_bleu(other["prediction"], other["reference"]) if other else None,
-                     "bleu_recommended": sentence_bleu(r["prediction"], r["reference"])})
+                     **{who: row["prediction"] if row else None for who, row in found.items()},
+                     **{f"rougeL_{who}": rouge_l(row) for who, row in found.items()},
+                     **{f"bleu_{who}": sentence_bleu(row["prediction"], row["reference"]) if row else None
+                        for who, row in found.items()}})
     return rows
 
 
