@@ -31,7 +31,7 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def validations(run_dir: Path) -> int:
     with open(run_dir / "csv" / "metrics.csv") as f:
-        return sum(1 for row in csv.DictReader(f) if row.get("val/loss"))
+        return sum(1 for row in csv.DictReader(f) if row.get("val/rougeL"))
 
 
 def train(run_dir: Path, *overrides: str) -> Path:

@@ -19,8 +19,11 @@ class Seq2SeqLoRAModule(TextLoRAModule):
                                   **encoded, **{**self.generation, **(generation or {})})
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def loss_and_predictions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+    def loss_and_predictions(self, batch: dict[str, Any], with_loss: bool = True
+                             ) -> tuple[torch.Tensor | None, list[str]]:
         """The loss and the generation read the same encoder output: the source is encoded once per batch."""
+        if not with_loss:
+            return None, self.generate_texts(batch)
         encoder_outputs = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss = self.model(encoder_outputs=encoder_outputs, attention_mask=batch["attention_mask"],
                           labels=batch["labels"]).loss

@@ -28,10 +28,16 @@ class TextLoRAModule(LoRAModuleBase):
 
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, scheduler=None,
                  generation: dict | None = None, monitor: str = "val/rougeL", mode: str = "max",
-                 gradient_checkpointing: bool = False, quantization: str | None = None):
+                 gradient_checkpointing: bool = False, quantization: str | None = None,
+                 eval_loss: bool | None = None):
         super().__init__(optimizer, scheduler, monitor, mode)
         self.pretrained = str(pretrained)
         self.generation = dict(generation or {})
+        if eval_loss is False and self.monitor_is_loss:
+            raise UserError(f"model.eval_loss=false but model.monitor={monitor} needs the evaluation loss "
+                            "— set model.eval_loss=null (or true), or monitor val/rougeL")
+        self.eval_loss = eval_loss
+        self._loss_this_round = False  # decided at the start of each validation or test round
 
         self.quantization = quantization
         check_quantization(quantization)
@@ -80,14 +86,51 @@ class TextLoRAModule(LoRAModuleBase):
         return loss
 
     # -- evaluation --------------------------------------------------------------------------------
+    # The teacher-forced loss is a second pass over every target position (about a third of evaluation time),
+    # so it is computed only where something reads it; where it is not, <stage>/loss is not logged at all.
+    @property
+    def monitor_is_loss(self) -> bool:
+        return self.monitor.partition("/")[2] == "loss"
+
+    def loss_readers(self) -> list[str]:
+        """What reads the evaluation loss in this round: the model's monitor (every evaluation, so the test split
+        reports the monitored metric too) and, in validation while fitting, callbacks (early stopping,
+        checkpoints) or LR schedulers (ReduceLROnPlateau) that monitor val/loss."""
+        readers = [f"model.monitor={self.monitor}"] if self.monitor_is_loss else []
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return readers
+        readers += [type(c).__name__ for c in trainer.callbacks if getattr(c, "monitor", None) == "val/loss"]
+        readers += ["the LR scheduler" for c in trainer.lr_scheduler_configs if c.monitor == "val/loss"]
+        return readers
+
+    def computes_eval_loss(self) -> bool:
+        """``model.eval_loss``: true or false force it; null computes it when something reads it."""
+        readers = self.loss_readers()
+        if self.eval_loss is False and readers:
+            raise UserError(f"model.eval_loss=false but {readers[0]} monitors val/loss "
+                            "— set model.eval_loss=null (or true), or have it monitor another metric")
+        return bool(readers) if self.eval_loss is None else self.eval_loss
+
+    def on_fit_start(self) -> None:
+        self.computes_eval_loss()  # a refused setting stops before the first training step, not at validation
+
     @torch.no_grad()
-    def loss_and_predictions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
-        """The teacher-forced loss and the generated texts of an evaluation batch."""
-        return self(batch).loss, self.generate_texts(batch)
+    def loss_and_predictions(self, batch: dict[str, Any], with_loss: bool = True
+                             ) -> tuple[torch.Tensor | None, list[str]]:
+        """The teacher-forced loss (None without ``with_loss``) and the generated texts of an evaluation batch."""
+        return (self(batch).loss if with_loss else None), self.generate_texts(batch)
+
+    def _on_eval_epoch_start(self) -> None:
+        super()._on_eval_epoch_start()
+        self._loss_this_round = self.computes_eval_loss()
+
+    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
-        loss, predictions = self.loss_and_predictions(batch)
-        self.losses[stage].update(loss, weight=len(batch["uid"]))
+        loss, predictions = self.loss_and_predictions(batch, with_loss=self._loss_this_round)
+        if loss is not None:
+            self.losses[stage].update(loss, weight=len(batch["uid"]))
         self.metrics[stage].update(predictions, batch["target"])
         # sentence ROUGE-L per row: what bootstrap intervals resample (their mean is the logged ROUGE-L)
         rouge = sentence_rouge_l(predictions, batch["target"])
@@ -101,7 +144,9 @@ class TextLoRAModule(LoRAModuleBase):
         self._eval_step("test", batch)
 
     def _on_eval_epoch_end(self, stage: str) -> None:
-        scores = {**self.metrics[stage].compute(), "loss": self.losses[stage].compute()}
+        scores = dict(self.metrics[stage].compute())
+        if self._loss_this_round:
+            scores["loss"] = self.losses[stage].compute()
         self.metrics[stage].reset()
         self.losses[stage].reset()
         self.log_scores(stage, scores)
