@@ -233,3 +233,39 @@ def test_a_json_lines_file_that_starts_with_an_array_line_stays_json_lines(tmp_p
     path.write_text('[1, 2]\n{"uid": "a", "title": "Lamp", "content": "A lamp"}\n', encoding="utf-8")
     dataset = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"))
     assert skip_counts(dataset) == {"invalid_json": 1} and dataset[1]["uid"] == "a"
+
+
+def test_rows_arrow_refuses_by_number_are_read_alone_and_named_in_order(tmp_path):
+    """A number where text is wanted makes Arrow refuse a block, naming the row: that line is read on its own and
+    the lines around it go back to Arrow, whatever the block size, and the first bad line is the one named."""
+    lines = [good_record(i).decode() for i in range(6000)]
+    bad = [0, 1, 1023, 1024, 1025, 2047, 2999, 5998, 5999]
+    for i in bad:
+        lines[i] = lines[i].replace(f'"Lamp {i}"', str(i))
+    lines[4000] = lines[4000].replace('"u4000"', "4000")  # a numeric id: a usable record named "4000"
+    path = tmp_path / "trn.json"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for block_bytes in (1 << 12, 1 << 16, 64 << 20):
+        dataset = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / f"ds{block_bytes}"),
+                                     block_bytes=block_bytes)
+        assert [i for i, r in enumerate(dataset["skip_reason"]) if r] == bad
+        assert skip_counts(dataset) == {"bad_field:title": len(bad)}
+        assert dataset["uid"] == [f"u{i}" if i != 4000 else "4000" for i in range(6000)]
+        assert dataset[2998]["title"] == "Lamp 2998" and dataset[3000]["content"].startswith("Bright w3000x0")
+    path.write_text("\n".join(good_record(i).decode() for i in range(3000)) + "\n" + lines[2999] + "\n",
+                    encoding="utf-8")
+    with pytest.raises(UserError, match=r"trn\.json:3001: bad record \(field 'title' is missing"):
+        load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "error"), on_bad_record="error")
+
+
+def test_word_limits_count_words_as_clean_text_leaves_them(tmp_path):
+    texts = ["", "one", "one two", "one two three", " one  two\tthree four ", "<b>a</b> b", "a&nbsp;b c"]
+    path = tmp_path / "trn.json"
+    path.write_text("".join(json.dumps({"uid": f"u{i}", "title": f"t{i}", "content": t}) + "\n"
+                            for i, t in enumerate(texts)), encoding="utf-8")
+    dataset = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"), min_words={"content": 2},
+                                 max_words={"content": 3})
+    assert dataset["skip_reason"] == ["empty:content", "too_short:content", "", "", "too_long:content", "", ""]
+    wide = load_jsonl_records([str(path)], ["title", "content"], str(tmp_path / "ds"), min_words={"content": 1},
+                              max_words={"content": 0})
+    assert wide["skip_reason"] == ["empty:content"] + ["too_long:content"] * 6

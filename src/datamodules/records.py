@@ -20,10 +20,11 @@ What a line is does not depend on how the file is cut into blocks:
   line, and messages name the item); a line over ``MAX_LINE_BYTES`` is refused in one line.
 
 The files are read in blocks of whole lines. Arrow's JSON reader parses a block when every line in it is one
-``{...}`` with nothing around it; a block it rejects is halved until the halves parse, and the last few lines
-are parsed one at a time with ``json.loads``, which names the reason and the line. Cleaning, filters and the
-reasons are then computed per column in Arrow's kernels (``clean_column``); only deduplication walks the kept
-rows in Python.
+``{...}`` with nothing around it; when it refuses a row it names (a number where text is wanted), that line is
+read alone and the rest goes back to Arrow; any other block it rejects is halved until the halves parse, and the
+last few lines are parsed one at a time with ``json.loads``, which names the reason and the line. Cleaning,
+filters and the reasons are then computed per column (``column_cleaning.clean_column``: numpy over the UTF-8 bytes,
+Arrow's kernels); only deduplication walks the kept rows in Python, hashing each row's bytes.
 
 The cache is keyed by the files' bytes (an xxHash of each), the options and the hash of this code and of the
 cleaning code, and is written atomically (``src.atomic``: a temporary file, synced, renamed, directory synced).
@@ -40,6 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 
 import datasets
@@ -53,13 +55,16 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from src.atomic import atomic_path, remove_orphan_temp_files
-from src.datamodules import cleaning
-from src.datamodules.cleaning import clean_column, word_count_column
+from src.datamodules import cleaning, column_cleaning
+from src.datamodules.cleaning import word_count_column
+from src.datamodules.column_cleaning import clean_column
 from src.errors import UserError
 
 ON_BAD_RECORD = ("skip", "error")
 BLOCK_BYTES = 4 << 20  # about 6,000 LF-AmazonTitles lines: Arrow parses it in milliseconds
 LINE_BY_LINE = 16  # a rejected block of at most this many lines is parsed line by line
+ROW_CUTS = 8  # times in a row a rejected block is cut around the row Arrow names, before it is halved instead
+PIECE_LINES = 1024  # after a line Arrow refused, the rest of the block goes back to Arrow in pieces of this many lines
 MAX_LINE_BYTES = 64 << 20  # a longer line (or JSON array item) is not a record: the file is refused
 BOM = b"\xef\xbb\xbf"
 HASH_READ_BYTES = 8 << 20
@@ -250,6 +255,9 @@ def _bare_object_lines(block: bytes) -> int:
     return len(breaks) + 1 if bare else 0
 
 
+_ARROW_ROW = re.compile(r" in row (\d+)\b")
+
+
 def _is_utf8(block: bytes) -> bool:
     """Arrow's UTF-8 check of the whole block (its JSON reader checks only the fields it reads): 6x faster than
     ``bytes.decode``."""
@@ -291,32 +299,58 @@ class _BlockParser:
         # extra fields (LF-AmazonTitles' target_ind, ...) are skipped, not converted
         self.options = pj.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore")
 
-    def __call__(self, first_line: int, block: bytes) -> pa.Table:
-        table = self._arrow(block)
-        if table is not None:
-            return self._with_reasons(first_line, table)
+    def __call__(self, first_line: int, block: bytes, row_cuts: int = ROW_CUTS) -> pa.Table:
+        lines = _bare_object_lines(block)
+        if lines and _is_utf8(block):
+            return self._bare_lines(first_line, block, lines, row_cuts)
+        return self._halves(first_line, block, row_cuts)
+
+    def _halves(self, first_line: int, block: bytes, row_cuts: int) -> pa.Table:
+        """A block Arrow cannot take whole: line by line when it is small, else each half on its own."""
         if _line_count(block) <= LINE_BY_LINE:
             return self._line_by_line(first_line, block)
         middle = block.find(b"\n", len(block) // 2) + 1
         if not middle or middle == len(block):  # the second half of the block is one line
             middle = block.rfind(b"\n", 0, len(block) - 1) + 1
-        return pa.concat_tables([self(first_line, block[:middle]),
-                                 self(first_line + block.count(b"\n", 0, middle), block[middle:])])
+        return pa.concat_tables([self(first_line, block[:middle], row_cuts),
+                                 self(first_line + block.count(b"\n", 0, middle), block[middle:], row_cuts)])
 
-    def _arrow(self, block: bytes) -> pa.Table | None:
-        """Arrow's parse, or None when the line-by-line path must decide: a line that is not one bare object
-        (blank, two objects, spacing around it, an object across lines), bytes that are not UTF-8 (Arrow
-        only checks the fields it reads), a repeated field (Arrow refuses it) or anything else Arrow rejects."""
-        lines = _bare_object_lines(block)
-        if not lines or not _is_utf8(block):
-            return None
+    def _bare_lines(self, first_line: int, block: bytes, lines: int, row_cuts: int) -> pa.Table:
+        """``lines`` lines that are each one ``{...}`` in UTF-8, through Arrow's parse.
+
+        When Arrow refuses a row it names (a field of another type: ``... in row 12``), that line is read line by
+        line and the others go back to Arrow: those before it in one piece, those after it in pieces of
+        ``PIECE_LINES``, so that each further refusal costs a piece, not the rest of the block. The number is
+        only a hint, as every piece is parsed again; ``row_cuts`` bounds the hints followed in a row (then
+        halving takes over), so a block of bad lines costs at most that many parses more than halving.
+        """
+        table, refused = self._arrow(block, lines)
+        if table is not None:
+            return self._with_reasons(first_line, table)
+        if refused is None or not row_cuts or not 0 <= refused < lines:
+            return self._halves(first_line, block, 0)
+        breaks = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
+        starts = [0, *(breaks[:lines - 1] + 1).tolist(), len(block)]  # where each line starts, and the end
+        cuts = sorted({0, refused, *range(refused + 1, lines, PIECE_LINES), lines})
+        parts = []
+        for a, b in pairwise(cuts):
+            piece = block[starts[a]:starts[b]]
+            parts.append(self._line_by_line(first_line + a, piece) if a == refused
+                         else self._bare_lines(first_line + a, piece, b - a, row_cuts - 1))
+        return pa.concat_tables(parts)
+
+    def _arrow(self, block: bytes, lines: int) -> tuple[pa.Table | None, int | None]:
+        """Arrow's parse of bare-object lines, or None when the line-by-line path must decide: a repeated field
+        (Arrow refuses it), a field of another type, or anything else Arrow rejects; then also the row Arrow's
+        message names, if any."""
         try:
             table = pj.read_json(io.BytesIO(block), parse_options=self.options,
                                  read_options=pj.ReadOptions(block_size=len(block) + 1))
             table.validate(full=True)  # a lone surrogate escape would make invalid UTF-8
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            return None
-        return table.combine_chunks() if table.num_rows == lines else None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            row = _ARROW_ROW.search(str(e))
+            return None, int(row[1]) if row else None
+        return (table.combine_chunks(), None) if table.num_rows == lines else (None, None)
 
     def _with_reasons(self, first_line: int, table: pa.Table) -> pa.Table:
         """Reasons for a parsed block: ``bad_field:<name>`` where a field is missing or null."""
@@ -388,6 +422,17 @@ def _utf8(text: str) -> str:
         return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
+def _has_words(texts: pa.Array, n: int) -> pa.Array:
+    """Whether each cleaned text has at least ``n`` words (``word_count >= n``). Words are separated by single
+    spaces, so n words are n - 1 spaces: a regular expression that stops at the (n-1)th space, rather than
+    counting every space of every row (the 1M descriptions' spaces took a second)."""
+    if n <= 1:  # every text has 0 words or more; 1 or more when it is not empty
+        return pc.greater_equal(pc.binary_length(texts), max(n, 0))
+    if n - 1 > 1000:  # RE2's largest repeat count
+        return pc.greater_equal(word_count_column(texts), n)
+    return pc.match_substring_regex(texts, f"^(?:[^ ]* ){{{n - 1}}}")
+
+
 def _first_reason(conditions: list[tuple[pa.Array, str]], reason: pa.Array) -> pa.Array:
     """Fill the rows that have no reason yet with the first condition that holds."""
     new = pa.nulls(len(reason), pa.string())
@@ -409,10 +454,9 @@ class _RecordFilter:
         """Cleaned fields and every reason but ``duplicate``; blocks may go through this in any order."""
         reason = table["skip_reason"].combine_chunks()
         clean = {k: pc.fill_null(clean_column(table[k].combine_chunks()), "") for k in self.fields}
-        words = {k: word_count_column(clean[k]) for k in {*self.min_words, *self.max_words}}
         conditions = [(pc.equal(clean[k], ""), f"empty:{k}") for k in self.fields]
-        conditions += [(pc.less(words[k], limit), f"too_short:{k}") for k, limit in self.min_words.items()]
-        conditions += [(pc.greater(words[k], limit), f"too_long:{k}") for k, limit in self.max_words.items()]
+        conditions += [(pc.invert(_has_words(clean[k], n)), f"too_short:{k}") for k, n in self.min_words.items()]
+        conditions += [(_has_words(clean[k], n + 1), f"too_long:{k}") for k, n in self.max_words.items()]
         reason = _first_reason(conditions, reason)
         if self.distinct:
             reason = self._mark(reason, self._equal_ignoring_case(clean, reason), "_equals_".join(self.distinct))
@@ -431,8 +475,9 @@ class _RecordFilter:
     def _mark(reason: pa.Array, rows: list[int], name: str) -> pa.Array:
         if not rows:
             return reason
-        mask = pc.is_in(pa.array(range(len(reason))), pa.array(rows))
-        return pc.if_else(mask, name, reason)
+        mask = np.zeros(len(reason), bool)
+        mask[rows] = True
+        return pc.if_else(pa.array(mask), name, reason)
 
     def _equal_ignoring_case(self, clean: dict[str, pa.Array], reason: pa.Array) -> list[int]:
         a, b = self.distinct
@@ -447,11 +492,13 @@ class _RecordFilter:
 
     def _repeated(self, clean: dict[str, pa.Array], reason: pa.Array) -> list[int]:
         """Usable rows whose cleaned ``dedupe`` fields were seen before (here or in an earlier block)."""
-        rows = pc.indices_nonzero(pc.equal(reason, ""))
-        joined = pc.binary_join_element_wise(*(clean[k].take(rows) for k in self.dedupe), "\x1f")
-        repeated = []
-        for row, text in zip(rows.to_pylist(), joined.to_pylist()):
-            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        rows = np.flatnonzero(np.asarray(pc.equal(reason, "")))
+        joined = pc.binary_join_element_wise(*(clean[k] for k in self.dedupe), "\x1f")
+        data, offsets = column_cleaning.utf8_buffers(joined)
+        data, digest, repeated = memoryview(data), xxhash.xxh3_128_digest, []
+        # the bytes of each row hashed where they lie: no Python string per row (xxHash: 5x blake2b's speed)
+        for row, start, end in zip(rows.tolist(), offsets[rows].tolist(), offsets[rows + 1].tolist()):
+            key = digest(data[start:end])
             if key in self.seen:
                 repeated.append(row)
             else:
@@ -543,10 +590,11 @@ def content_hash(path: str) -> str:
 
 
 def code_hash() -> str:
-    """The reading and cleaning code's own hash (this file and cleaning.py), with the versions of the Unicode
-    tables it relies on (Arrow's NFKC, Python's html and casefold): any change to them rebuilds the caches."""
+    """The reading and cleaning code's own hash (this file, cleaning.py and column_cleaning.py), with the versions
+    of the Unicode tables it relies on (Arrow's NFKC, Python's html and casefold): any change to them rebuilds the
+    caches."""
     digest = hashlib.blake2b(digest_size=16)
-    for source in (__file__, cleaning.__file__):
+    for source in (__file__, cleaning.__file__, column_cleaning.__file__):
         digest.update(Path(source).read_bytes())
     digest.update(f"{pa.__version__} {unicodedata.unidata_version}".encode())
     return digest.hexdigest()
