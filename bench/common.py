@@ -1,6 +1,7 @@
 """Shared by the bench rows: config composition as the entry points do it, locally built T5 models of
 real sizes (random weights), and small timing helpers."""
 
+import json
 import logging
 import os
 import sys
@@ -107,3 +108,15 @@ def row(name: str, what: str, framework: float, alternative: float, unit: str, r
         met: bool, **details) -> dict:
     return {"row": name, "what": what, "framework": framework, "alternative": alternative, "unit": unit,
             "ratio": ratio, "target": target, "met": bool(met), "details": details}
+
+
+def run_side(module: str, row: str, spec: dict) -> dict:
+    """One side of a row in its own process (``python -m <module> <spec>``), so its peak RSS is its own; the
+    side prints its figures as JSON on its last line."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", module, json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode:
+        raise RuntimeError(f"row {row}, {spec['side']} side failed: {proc.stderr[-1500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -13,12 +13,11 @@ Hydra and reads images with PIL, as the script does with ``datasets`` and torchv
 """
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import ROOT, THREADS, WORK, compose, row
+from bench.common import THREADS, WORK, compose, row, run_side
 
 BATCH_SIZE = 8
 
@@ -200,12 +199,6 @@ def side_main(spec: dict) -> None:
     print(json.dumps(figures))
 
 
-def run_side(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.diffusion_training", json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"row i, {spec['side']} side failed: {proc.stderr[-1500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_diffusion_training(quick: bool) -> list[dict]:
@@ -231,7 +224,8 @@ def bench_diffusion_training(quick: bool) -> list[dict]:
     overhead = per_step[len(per_step) // 2] - 1  # median of the paired steps, as row a
     framework, script = (sum(f for f, _ in pairs) / len(pairs), sum(s for _, s in pairs) / len(pairs))
     data_dir = str(Path(cfg.data.data_dir))
-    rss = {side: run_side({"side": side, "steps": rss_steps, "settings": settings, "data_dir": data_dir})
+    rss = {side: run_side("bench.diffusion_training", "i",
+                          {"side": side, "steps": rss_steps, "settings": settings, "data_dir": data_dir})
            for side in ("framework", "script")}
     memory = rss["framework"]["peak_rss_mb"] / rss["script"]["peak_rss_mb"]
     what = "diffusion LoRA training (tiny SD, 64x64, batch 8), framework vs train_text_to_image_lora.py's step"

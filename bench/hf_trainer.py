@@ -23,11 +23,10 @@ h. Evaluation of validation samples with generation: the framework's ``Trainer.v
 """
 
 import json
-import subprocess
 import sys
 import time
 
-from bench.common import ROOT, THREADS, WORK, compose, flan_t5_base_dir, row
+from bench.common import THREADS, WORK, compose, flan_t5_base_dir, row, run_side
 
 HF_STRATEGIES = {"off": "random", "on": "group_by_length"}
 
@@ -144,12 +143,6 @@ def side_main(spec: dict) -> None:
     print(json.dumps(figures))
 
 
-def run_side(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.hf_trainer", json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"row g, {spec['side']} side failed: {proc.stderr[-1500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def training_rows(model: str, samples: int, rounds: int) -> list[dict]:
@@ -168,7 +161,7 @@ def training_rows(model: str, samples: int, rounds: int) -> list[dict]:
     runs = {k: [] for k in specs}
     for i in range(rounds):  # ABC, CBA, ...: each side sees the start and the end of the row
         for name in (order if i % 2 == 0 else order[::-1]):
-            runs[name].append(run_side(specs[name]))
+            runs[name].append(run_side("bench.hf_trainer", "g", specs[name]))
     best = {k: min(r, key=lambda f: f["seconds"]) for k, r in runs.items()}
     rate = {k: samples / f["seconds"] for k, f in best.items()}
     shape = "tiny T5" if model == "tiny" else "flan-t5-base shape"
