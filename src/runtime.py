@@ -142,12 +142,17 @@ def check_cluster(trainer_cfg: DictConfig) -> None:
                             f"trainer.num_nodes={nodes}")
 
 
-def check_launcher(cfg: DictConfig) -> None:
-    """Lightning's ``ddp`` re-runs the script per GPU with ``sys.argv``; under a Hydra multirun that would
-    start a sweep in every child. ``ddp_spawn`` (or a Hydra launcher per job) works."""
+def in_sweep() -> bool:
+    """This job is one of a Hydra multirun's (``-m``, a sweeper such as Optuna)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    """Lightning's ``ddp`` re-runs the script per GPU with ``sys.argv``; under a Hydra multirun that would
+    start a sweep in every child. ``ddp_spawn`` (or a Hydra launcher per job) works."""
     from src.distributed import detected_cluster
 
     strategy = strategy_name(cfg.trainer)
@@ -155,8 +160,7 @@ def check_launcher(cfg: DictConfig) -> None:
     multi = devices not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1
     relaunches = strategy in ("ddp", "fsdp") or strategy.startswith("deepspeed")
     # under SLURM or torchrun every process was started by the cluster, Lightning starts none
-    if (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and relaunches and multi
-            and detected_cluster() is None):
+    if in_sweep() and relaunches and multi and detected_cluster() is None:
         raise UserError(f"trainer.strategy={strategy} cannot run inside a local Hydra multirun (each process would "
                         "restart the sweep) — use trainer=ddp_sim on a CPU, or hydra/launcher=slurm on a cluster")
 

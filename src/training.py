@@ -8,7 +8,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.runtime import build_model_and_data, check_hardware, check_launcher, instantiate_group
+from src.errors import UserError
+from src.runtime import build_model_and_data, check_hardware, check_launcher, in_sweep, instantiate_group
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def train(cfg: DictConfig) -> float | None:
 
     check_launcher(cfg)
     module, datamodule = build_model_and_data(cfg)
+    _check_objective(cfg.get("optimized_metric"), module)
     # here, not only in a spawned worker, so data errors surface as one line (and the cache is built once)
     datamodule.prepare_data()
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
@@ -48,7 +50,27 @@ def train(cfg: DictConfig) -> float | None:
 
     if trainer.is_global_zero:  # under ddp/torchrun every process runs this script
         _print_summary(cfg, best, metrics)
-    return metrics.get(cfg.get("optimized_metric") or "", None)
+    objective = cfg.get("optimized_metric")
+    # a sweeper needs the value (a single run's is only returned): say so in one line, the run is saved by now
+    if in_sweep() and objective and objective not in metrics and not trainer.interrupted:
+        raise UserError(f"optimized_metric={objective} was not logged by this run (it logged: "
+                        f"{', '.join(sorted(metrics))}) — set optimized_metric to one of them")
+    return metrics.get(objective or "", None)
+
+
+def _check_objective(objective: str | None, module: L.LightningModule) -> None:
+    """A sweep's objective must be a value the run will log: refuse what it never can, before training."""
+    if not objective:
+        return
+    monitor = getattr(module, "monitor", None)
+    if objective.endswith("_best") and objective != f"{monitor}_best":
+        raise UserError(f"optimized_metric={objective}: only model.monitor ({monitor}) has a _best value — set "
+                        f"optimized_metric={monitor}_best, or model.monitor={objective.removesuffix('_best')}")
+    if objective in ("val/loss", "test/loss") and hasattr(module, "eval_loss"):
+        if module.eval_loss is False:
+            raise UserError(f"model.eval_loss=false but optimized_metric={objective} needs the evaluation loss "
+                            "— set model.eval_loss=null (or true), or optimize another metric")
+        module.eval_loss = True  # computed only when something reads it: the objective does
 
 
 def _print_summary(cfg: DictConfig, best: str, metrics: dict[str, float]) -> None:

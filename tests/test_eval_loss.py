@@ -143,3 +143,40 @@ def test_skipping_the_loss_does_not_change_training_or_generation(cache_dir, tmp
     assert with_loss.weights.keys() == without.weights.keys()
     assert all(torch.equal(with_loss.weights[k], without.weights[k]) for k in with_loss.weights)
     assert with_loss.tested["test/rougeL"] == without.tested["test/rougeL"]
+
+
+def train_with(tmp_path, *overrides: str) -> float | None:
+    """train.py's own function (fit, then test when asked), returning the sweep's objective."""
+    from src.training import train
+
+    return train(compose_config("train", ["experiment=quickstart", *SMALL, *overrides], tmp_path))
+
+
+@pytest.mark.slow
+def test_a_sweep_optimising_the_loss_gets_it_with_a_rouge_monitor(cache_dir, tmp_path):
+    objective = train_with(tmp_path, "optimized_metric=val/loss")  # model.monitor=val/rougeL
+    final = json.loads((tmp_path / "metrics.json").read_text())["final_metrics"]
+    assert objective is not None and math.isfinite(objective)
+    assert objective == pytest.approx(final["val/loss"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("optimized_metric=val/bleu_best",), r"optimized_metric=val/bleu_best: only model.monitor \(val/rougeL\) has a "
+                                          r"_best value"),
+    (("optimized_metric=val/loss", "model.eval_loss=false"), "model.eval_loss=false but optimized_metric=val/loss"),
+])
+def test_an_objective_the_run_cannot_log_is_refused_before_training(cache_dir, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        train_with(tmp_path, *overrides)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_objective_that_was_not_logged_is_one_line_after_the_run_is_saved(cache_dir, tmp_path):
+    (tmp_path / "single").mkdir()
+    # a single run only returns the objective: without a test split it has none, and that is no mistake
+    assert train_with(tmp_path / "single", "optimized_metric=test/rougeL", "test=false") is None
+    with pytest.raises(UserError, match=r"optimized_metric=test/rougeL was not logged by this run \(it logged: "
+                                        r".*val/rougeL.*\) — set optimized_metric to one of them"):
+        train_with(tmp_path, "optimized_metric=test/rougeL", "test=false", "hydra.mode=MULTIRUN")
+    assert (tmp_path / "metrics.json").is_file() and list((tmp_path / "checkpoints").rglob("*.ckpt"))
