@@ -48,6 +48,16 @@ def test_shoes_sd15_checkpoints_every_500_optimizer_steps(cache_dir, tmp_path):
     assert validation["rounds"] == 6 and validation["inference_steps"] == 50
 
 
+def test_validation_cost_counts_the_loss_pass_only_when_the_run_computes_it(cache_dir, tmp_path):
+    costs = {}
+    for forced in ("null", "true"):
+        _, report = preflight(tmp_path / forced, "experiment=quickstart", f"model.eval_loss={forced}")
+        costs[forced] = report["validation"]
+    assert costs["null"]["eval_loss"] is False and costs["true"]["eval_loss"] is True  # the monitor is val/rougeL
+    assert costs["true"]["validation_flops"] > costs["null"]["validation_flops"]
+    assert costs["true"]["train_flops"] == costs["null"]["train_flops"]
+
+
 def test_preflight_json_holds_the_promised_keys(cache_dir, tmp_path):
     _, report = preflight(tmp_path, "experiment=quickstart")
     for path in ("model.trainable_parameters", "model.total_parameters", "schedule.effective_batch",

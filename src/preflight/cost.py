@@ -18,6 +18,18 @@ def _generating_parameters(plan: ModelPlan) -> int:
     return sum(p.numel() for n, p in base.named_parameters() if n.startswith(("decoder.", "lm_head.")))
 
 
+def computes_eval_loss(cfg) -> bool:
+    """Whether text evaluation will run its teacher-forced loss pass (``model.eval_loss``; null: when the monitor,
+    a callback or the sweep's objective reads val/loss)."""
+    forced = cfg.model.get("eval_loss")
+    if forced is not None:
+        return bool(forced)
+    callbacks = cfg.get("callbacks") or {}
+    readers = [cfg.model.get("monitor", ""), cfg.get("optimized_metric") or "",
+               *(c.get("monitor") or "" for c in callbacks.values() if hasattr(c, "get"))]
+    return any(r.partition("/")[2] == "loss" for r in readers if r.startswith(("val/", "test/")))
+
+
 def validation_cost(plan: ModelPlan, cfg, data: dict[str, Any], schedule: dict[str, Any],
                     memory: dict[str, Any]) -> dict[str, Any]:
     generation = dict(cfg.model.get("generation") or {})
@@ -44,9 +56,10 @@ def validation_cost(plan: ModelPlan, cfg, data: dict[str, Any], schedule: dict[s
         beams = int(generation.get("num_beams", 1))
         new_tokens = int(generation.get("max_new_tokens", 20))
         generate = 2 * _generating_parameters(plan) * val * beams * new_tokens
-        per_round = per_sample * val + generate  # the teacher-forced val/loss, then generation
+        eval_loss = computes_eval_loss(cfg)
+        per_round = per_sample * val * eval_loss + generate  # the teacher-forced val/loss if read, then generation
         size = {"samples": samples, "beams": beams, "max_new_tokens": new_tokens,
-                "generated_tokens_per_round": samples * beams * new_tokens}
+                "generated_tokens_per_round": samples * beams * new_tokens, "eval_loss": eval_loss}
     train_total = train_step * schedule["optimizer_steps_total"]
     val_total = per_round * rounds
     share = val_total / (train_total + val_total) if train_total + val_total else 0.0
