@@ -16,10 +16,6 @@ def main(cfg: DictConfig) -> dict:
     from src.runtime import run_task
     from src.evaluation import evaluate
 
-    if str(cfg.ckpt) == "retrieval":  # the retrieval baseline, not a model (src/comparison/retrieval.py)
-        from src.comparison.retrieval import evaluate_retrieval
-
-        return run_task(evaluate_retrieval, cfg)
     return run_task(evaluate, cfg)
 
 

@@ -27,6 +27,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from src.comparison.runner import compare
 
         return compare(cfg)
+    if str(cfg.ckpt) == "retrieval":  # the retrieval baseline, not a model (src/comparison/retrieval.py)
+        from src.comparison.retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(cfg)
     target = resolve_target(cfg.ckpt, cfg.get("config_from"))
     if target.run_dir is not None:
         cfg = with_run_config(cfg, target.run_dir)

@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf, open_dict
 
 from src.comparison.report import BootstrapSettings, Evaluated, build_report, to_markdown
-from src.comparison.retrieval import NearestTrainingTarget, evaluate_retrieval, tokenize
+from src.comparison.retrieval import NearestTrainingTarget, tokenize
 from src.evaluation import evaluate
 from src.metrics.bootstrap import mean_statistic
 from src.metrics.text import sentence_rouge_l, unicode_normalizer
@@ -95,7 +95,8 @@ def check_scores(out: Path, split: str) -> dict:
 def test_ckpt_retrieval_scores_the_runs_split_like_a_checkpoint_evaluation(cache_dir, tmp_path):
     run = fake_text_run(tmp_path / "run", tmp_path)
     out = tmp_path / "eval"
-    result = run_task(evaluate_retrieval, compose_config("evaluate", ["ckpt=retrieval", f"config_from={run}"], out))
+    # evaluate(), as evaluate.py calls it, routes ckpt=retrieval to the baseline
+    result = run_task(evaluate, compose_config("evaluate", ["ckpt=retrieval", f"config_from={run}"], out))
     metrics = check_scores(out, "test")  # no test file: test evaluates the validation file
     assert result == metrics["metrics"]
     assert metrics["evaluated"]["kind"] == "retrieval" and metrics["evaluated"]["split"] == "test"
