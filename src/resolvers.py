@@ -2,9 +2,15 @@
 
 from omegaconf import OmegaConf
 
-# hparams_search: Optuna's direction follows the model's monitor mode (val/rougeL max, val/loss min)
-OmegaConf.register_new_resolver("optuna_direction", lambda mode: {"max": "maximize", "min": "minimize"}[mode],
-                                replace=True)
+
+def optuna_direction(mode: str, objective: str = "") -> str:
+    """A sweep minimises a loss objective (optimized_metric=val/loss); else it follows model.mode."""
+    if objective.removesuffix("_best").partition("/")[2] == "loss":
+        return "minimize"
+    return {"max": "maximize", "min": "minimize"}[mode]
+
+
+OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
 
 
 def cuda_mixed_precision() -> str:

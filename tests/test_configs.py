@@ -64,6 +64,12 @@ def test_optuna_direction_follows_the_monitor_mode(tmp_path):
     assert cfg.hydra.sweeper.direction == "minimize" and cfg.optimized_metric == "val/loss_best"
 
 
+def test_optuna_minimises_a_loss_objective_whatever_the_monitor(tmp_path):
+    cfg = compose_config("train", ["hparams_search=rouge_optuna", "experiment=quickstart", "optimized_metric=val/loss"],
+                         tmp_path)
+    assert cfg.model.mode == "max" and cfg.hydra.sweeper.direction == "minimize"
+
+
 def test_monitor_with_the_wrong_direction_is_refused(cache_dir, tmp_path):
     from hydra.utils import instantiate
 
