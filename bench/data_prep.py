@@ -1,7 +1,13 @@
 """Row d: preparing a synthetic LF-AmazonTitles file (2M records by default, ~1.4 GB, written by the
 bench) — the framework's Arrow loading (the ``data=amazon`` config's datamodule, cold cache, as train.py
 and prepare_data.py pay it: parse, clean, filter, dedupe, cache) against ``pandas.read_json(lines=True)``
-(parse only), each in its own subprocess; peak RSS from ``os.wait4``.
+(parse only), each in its own subprocess; each side's peak RSS is its own (VmHWM).
+
+Time is each side's own work, timed inside its process once its libraries are imported (and, for the
+framework, the config composed): instantiation and loading for the framework, ``read_json`` for pandas.
+Imports are a fixed cost that does not grow with the file (the framework's torch, Lightning and transformers,
+which train.py imports anyway, against pandas alone); each side's import seconds and whole process wall time
+are reported beside the row.
 
 The file has the dump's layout and mess: HTML and entities in the descriptions, odd unicode, ~1% exact
 duplicates, bad records (null, numeric or missing fields: valid JSON, so pandas reads the same file),
@@ -118,29 +124,38 @@ def peak_rss_mb():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024
 """
 FRAMEWORK = PEAK_RSS + """
-import sys, time
-from bench.common import ROOT, compose
+import time
+started = time.perf_counter()
+import importlib
 from pathlib import Path
 from hydra.utils import instantiate
-start = time.perf_counter()
+from bench.common import compose
 cfg = compose("prepare_data", ["data=amazon", "data.train_file={file}", "data.test_file=null",
                                "paths.cache_dir={cache}"], Path("{out}"))
+importlib.import_module(cfg.data._target_.rpartition(".")[0])  # the datamodule's module: torch, Lightning...
+start = time.perf_counter()
 datamodule = instantiate(cfg.data)
 records = datamodule.load_records()
-print(len(records), datamodule.skipped(), round(time.perf_counter() - start, 1), peak_rss_mb())
+print(len(records), datamodule.skipped(), round(start - started, 2), round(time.perf_counter() - start, 2),
+      peak_rss_mb())
 """
 PANDAS = PEAK_RSS + """
+import time
+started = time.perf_counter()
 import pandas
+start = time.perf_counter()
 df = pandas.read_json("{file}", lines=True)
-print(len(df), peak_rss_mb())
+print(len(df), round(start - started, 2), round(time.perf_counter() - start, 2), peak_rss_mb())
 """
 
 
 def measured(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter; its last printed number is its own peak RSS in MB."""
+    """Run ``code`` in a fresh interpreter; its last three printed numbers are its imports' seconds, its work's
+    seconds and its own peak RSS in MB."""
     figures = run([sys.executable, "-c", code])
     if not figures["exit_code"]:
-        figures["peak_rss_mb"] = int(figures["stdout"].split()[-1])
+        imports, work, rss = figures["stdout"].split()[-3:]
+        figures.update(import_seconds=float(imports), work_seconds=float(work), peak_rss_mb=int(rss))
     return figures
 
 
@@ -159,9 +174,11 @@ def bench_data_preparation(quick: bool, records: int | None = None) -> list[dict
     details = dict(records=n, file_gb=round(path.stat().st_size / 1e9, 2), wrote_file_seconds=round(wrote, 1),
                    framework_run=framework, framework_cached_run=cached, pandas_run=pandas)
     memory = framework["peak_rss_mb"] / pandas["peak_rss_mb"]
-    speed = framework["seconds"] / pandas["seconds"]
+    speed = framework["work_seconds"] / pandas["work_seconds"]
     what = f"preparing {n:,} LF-AmazonTitles records: framework's Arrow loading vs pandas.read_json(lines=True)"
     return [row("d.mem", what + ", peak RSS", framework["peak_rss_mb"], pandas["peak_rss_mb"], "MB", round(memory, 3),
                 "<= 0.25", memory <= 0.25, **details),
-            row("d.time", what + ", wall time", framework["seconds"], pandas["seconds"], "s", round(speed, 2),
-                "<= 1.0", speed <= 1.0, records=n, cached_seconds=cached["seconds"])]
+            row("d.time", what + ", time after imports", framework["work_seconds"], pandas["work_seconds"], "s",
+                round(speed, 2), "<= 0.5", speed <= 0.5, records=n, cached_seconds=cached["work_seconds"],
+                import_seconds={"framework": framework["import_seconds"], "pandas": pandas["import_seconds"]},
+                process_seconds={"framework": framework["seconds"], "pandas": pandas["seconds"]})]
