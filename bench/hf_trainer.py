@@ -215,7 +215,7 @@ def hf_predictor(cfg, module, datamodule):
     unsorted = datamodule.split(datamodule.load_pairs())["val"]["uid"][:len(split)]
     position = {u: i for i, u in enumerate(split["uid"])}
     dataset = split.select([position[u] for u in unsorted])
-    targets = dataset["target"]
+    targets = list(dataset["target"])
     dataset = dataset.select_columns(["input_ids", "attention_mask", "labels"])
     model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(module.pretrained),
                            LoraConfig(**lora_settings(cfg), task_type="SEQ_2_SEQ_LM"))

@@ -50,7 +50,8 @@ class RougeL(ROUGEScore):
         concatenate_list_states(self)  # uneven evaluation shards must not deadlock the sync
 
     def update(self, preds: list[str], target: list[str]) -> None:
-        super().update(preds, target)
+        # torchmetrics reads a non-list target (tuple, datasets Column) as one sample's references: make lists
+        super().update(list(preds), list(target))
 
     def compute(self) -> torch.Tensor:
         return super().compute()["rougeL_fmeasure"]
