@@ -3,8 +3,10 @@ and one short quickstart training run (through the real CLI) reused by the end-t
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub 
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import src.resolvers  # noqa: E402,F401  (resolvers used by conf/)
+from tests.preloaded_cli import PreloadedCli  # noqa: E402
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
@@ -40,10 +43,36 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
     return cfg
 
 
-def run_cli(script: str, *overrides: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+_preloaded: PreloadedCli | None = None
+
+
+def preloaded_cli() -> PreloadedCli:
+    """The session's preload server for the current environment (a new one when a test changed the environment:
+    libraries read some variables once, when imported)."""
+    global _preloaded
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    if _preloaded is None or _preloaded.env != env:
+        if _preloaded is not None:
+            _preloaded.close()
+        _preloaded = PreloadedCli(env, Path(tempfile.mkdtemp(prefix="lorafit_cli_")))
+    return _preloaded
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _preloaded is not None:
+        _preloaded.close()
+        shutil.rmtree(_preloaded.scratch, ignore_errors=True)
+
+
+def run_cli(script: str, *overrides: str, check: bool = True, timeout: int = 600,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """``python <script> <overrides>`` in ROOT: forked from a process that imported the libraries once
+    (tests/preloaded_cli.py), which saves seconds of imports per run; ``fresh`` starts a new interpreter."""
+    if fresh:
+        proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, timeout=timeout)
+    else:
+        proc = preloaded_cli().run(script, *overrides, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc

@@ -1,19 +1,19 @@
 """Dry runs of the four reference experiments at their real architectures (random weights) on the CPU.
 
 Each test runs ``conf/experiment/<name>.yaml`` through the real CLI with only size knobs overridden (sequence
-lengths, sample counts, resolution, inference steps, a scaled-down validation interval) and keeps the recipe's
+lengths, sample counts, epochs, resolution, inference steps, a scaled-down validation interval) and keeps the recipe's
 gradient accumulation and LoRA settings, so that the accumulation arithmetic, the adapter-only checkpoints, the
 export into the ecosystems' own formats, evaluation, comparison and serving are seen at the real model sizes.
 The sizes give each run at least two checkpoints and an epoch whose batch count is not a multiple of the
 accumulation; where the recipe validates every N optimizer steps, a checkpoint step falls inside an epoch after
-such an epoch, where counting batches would have drifted off the step.
+such an epoch, where counting batches would have drifted off the step. The CLI runs are forks of one process that
+imported the libraries once (``run_cli``), each otherwise ``python <script> <overrides>``.
 
 Run them one at a time (each needs up to ~5 GB of memory): ``python -m pytest tests/test_dry_runs.py -k flan -s``
 (``-s`` shows each run's time and peak memory). On a machine whose cores other jobs share, ``OMP_NUM_THREADS=1``
 avoids thread oversubscription, which made these runs 10-20x slower here.
 """
 
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ import torch
 
 from src.pretrained.architecture import meta_model
 from src.serving.registry import ModelRegistry
-from tests.conftest import ROOT, read_json, run_cli
+from tests.conftest import ROOT, preloaded_cli, read_json, run_cli
 
 # the filter: peft calls a deprecated transformers method inside the plain-peft check
 pytestmark = [pytest.mark.slow,
@@ -49,12 +49,13 @@ class DryRun:
 
 
 DRY_RUNS = {
-    # batch 1 x accumulation 16, 18 samples: epochs of 18 batches step at batches 16 and 18 (2 steps), so 6 steps
-    # in the recipe's 3 epochs; step 3 is the 16th batch of epoch 2 (global batch 34, not a multiple of 16)
+    # batch 1 x accumulation 16, 17 samples: epochs of 17 batches step at batches 16 and 17 (2 steps), so 4 steps
+    # in 2 epochs (the recipe's 3 add nothing here); step 3 is the 16th batch of epoch 2 (global batch 33, not a
+    # multiple of 16), checkpointed with the last step
     "amazon_flan_t5": DryRun(
         "amazon_flan_t5", "seq2seq", "google/flan-t5-base", "random_seq2seq", AMAZON,
         [f"data.train_file={AMAZON[0]}", f"data.test_file={AMAZON[1]}", *TEXT_SIZES,
-         "data.limit_train_samples=18", "val_every_n_steps=3"]),
+         "data.limit_train_samples=17", "trainer.max_epochs=2", "val_every_n_steps=3"]),
     # batch 2 x accumulation 2 (the recipe's 4 x 2 halved), 6 samples: 3 batches step at batches 2 and 3, two
     # epochs (validated at each epoch end, as the recipe) give checkpoints at steps 2 and 4; no 4-bit on a CPU
     "tarot_ptt5": DryRun(
@@ -95,11 +96,6 @@ def random_models(cache_dir):
         return built[run.hub_id]
 
     return build
-
-
-def peak_rss_gb() -> float:
-    """The largest resident set of any child process waited for so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 
 
 def float32_bytes(run: DryRun) -> int:
@@ -184,7 +180,7 @@ def test_dry_run(name, random_models, tmp_path):
     run_dir = logs / "train" / "runs" / name
     start = time.monotonic()
     run_cli("train.py", *overrides, f"hydra.run.dir={run_dir}")
-    train_s, train_rss = time.monotonic() - start, peak_rss_gb()
+    train_s, train_rss = time.monotonic() - start, preloaded_cli().last_rss_gb
     checkpoints = run_dir / "checkpoints"
     assert checkpoint_steps(checkpoints) == announced
     report = read_json(run_dir / "metrics.json")
@@ -233,9 +229,9 @@ def test_dry_run(name, random_models, tmp_path):
     assert names == [f"train/runs/{name}/checkpoint-{step}" for step in announced]
     assert [e.name for e in listed if e.recommended] == [f"train/runs/{name}/{best.stem}"]
 
-    total_s, total_rss = time.monotonic() - start, peak_rss_gb()
+    total_s, total_rss = time.monotonic() - start, preloaded_cli().peak_rss_gb
     sys.stderr.write(f"\ndry run {name}: random model built in {built_s:.0f} s; train.py {train_s:.0f} s wall, peak "
-                     f"RSS {train_rss:.2f} GB; whole test {total_s + built_s:.0f} s, peak RSS of any child "
+                     f"RSS {train_rss:.2f} GB; whole test {total_s + built_s:.0f} s, peak RSS of any forked run so far "
                      f"{total_rss:.2f} GB; checkpoints at {announced}, "
                      f"{path.stat().st_size / 2**20:.1f} MB each ({path.stat().st_size / full_bytes:.2%} of the "
                      f"{full_bytes / 2**30:.2f} GB float32 model)\n")

@@ -1,5 +1,11 @@
 """A resumed run continues the same run: same order, same random draws, same weights and logged metrics;
-resume with early stopping; the same command gives the same numbers whether caches were cold or warm."""
+resume with early stopping; the same command gives the same numbers whether caches were cold or warm.
+
+The end-to-end runs are forks of a process that imported the libraries once (``tests/preloaded_cli.py``), each
+otherwise ``python train.py <overrides>``: the uninterrupted runs fork one such process, the resumed and interrupted
+runs another, so that uninterrupted and resumed still run in interpreters with their own hash seeds and unseeded
+random states. The cold/warm runs are two fresh processes.
+"""
 
 import csv
 import os
@@ -13,7 +19,8 @@ import pytest
 import torch
 
 from src.datamodules.sampling import ResumableShuffle, resumable_loader
-from tests.conftest import ROOT, read_json, run_cli
+from tests.conftest import ROOT, read_json
+from tests.preloaded_cli import PreloadedCli
 
 # -- the training order --------------------------------------------------------------------------------
 
@@ -102,8 +109,25 @@ FAMILIES = {"text": (TEXT, 9, 3, 5), "shoes": (SHOES, 6, 2, 3)}  # overrides, la
 TOLERANCE = {"text": 1e-6, "shoes": 1e-5}
 
 
-def train_run(run_dir: Path, *overrides: str) -> Path:
-    run_cli("train.py", *COMMON, *overrides, f"hydra.run.dir={run_dir}")
+def forking_server(cache_dir, tmp_path_factory):  # cache_dir: LORAFIT_CACHE set before the server starts
+    """``python train.py`` forked from a process that imported its libraries once (``run_cli``'s environment)."""
+    server = PreloadedCli({**os.environ, "PYTHONWARNINGS": "ignore"}, tmp_path_factory.mktemp("cli"))
+    yield server
+    server.close()
+
+
+cli = pytest.fixture(forking_server, scope="module", name="cli")  # resumed, interrupted and early-stopping runs
+reference_cli = pytest.fixture(forking_server, scope="module", name="reference_cli")  # the uninterrupted runs
+
+
+def forked_train(cli: PreloadedCli, *overrides: str) -> None:
+    proc = cli.run("train.py", *overrides, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+
+
+def train_run(cli: PreloadedCli, run_dir: Path, *overrides: str) -> Path:
+    forked_train(cli, *COMMON, *overrides, f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -152,13 +176,14 @@ def assert_same_run(uninterrupted: Path, resumed: Path, last_step: int, from_ste
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(cache_dir, tmp_path_factory):
+def uninterrupted(reference_cli, tmp_path_factory):
     """One uninterrupted run per family, built on first use."""
     runs = {}
 
     def get(family: str) -> Path:
         if family not in runs:
-            runs[family] = train_run(tmp_path_factory.mktemp(f"{family}_full"), *FAMILIES[family][0])
+            run_dir = tmp_path_factory.mktemp(f"{family}_full")
+            runs[family] = train_run(reference_cli, run_dir, *FAMILIES[family][0])
         return runs[family]
 
     return get
@@ -167,18 +192,18 @@ def uninterrupted(cache_dir, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["text", "shoes"])
 @pytest.mark.parametrize("where", ["epoch_boundary", "mid_epoch"])
-def test_resume_continues_the_same_run(uninterrupted, tmp_path, family, where):
+def test_resume_continues_the_same_run(uninterrupted, cli, tmp_path, family, where):
     overrides, last_step, epoch_length, mid = FAMILIES[family]
     full = uninterrupted(family)
     # epoch boundary: the checkpoint written by the validation at the end of the first epoch
     ckpt = full / "epochs" / "epoch-0.ckpt" if where == "epoch_boundary" else full / "steps" / f"step-{mid}.ckpt"
     step = torch.load(ckpt, weights_only=False)["global_step"]
     assert step == (epoch_length if where == "epoch_boundary" else mid)
-    resumed = train_run(tmp_path / "resumed", *overrides, f"ckpt_path={ckpt}")
+    resumed = train_run(cli, tmp_path / "resumed", *overrides, f"ckpt_path={ckpt}")
     assert_same_run(full, resumed, last_step, step, TOLERANCE[family])
 
 
-def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
+def wait_for(proc, path: Path, timeout: float = 600) -> None:
     """Until ``path`` exists (checkpoints are written atomically), polling the process's liveness."""
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -189,37 +214,35 @@ def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["text", "shoes"])
-def test_ctrl_c_then_resume_continues_the_same_run(uninterrupted, tmp_path, family):
+def test_ctrl_c_then_resume_continues_the_same_run(uninterrupted, cli, tmp_path, family):
     overrides, last_step, _, mid = FAMILIES[family]
     full = uninterrupted(family)
     run_dir = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *COMMON, *overrides,
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = cli.popen("train.py", *COMMON, *overrides, f"hydra.run.dir={run_dir}")
     wait_for(proc, run_dir / "steps" / f"step-{mid - 1}.ckpt")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) != 0
     last = run_dir / "checkpoints" / "last.ckpt"
     stopped_at = torch.load(last, weights_only=False)["global_step"]
     assert mid - 1 <= stopped_at < last_step
-    resumed = train_run(tmp_path / "resumed", *overrides, f"ckpt_path={last}")
+    resumed = train_run(cli, tmp_path / "resumed", *overrides, f"ckpt_path={last}")
     assert_same_run(full, resumed, last_step, stopped_at, TOLERANCE[family])
 
 
 # -- early stopping on resume ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_resume_with_early_stopping_and_max_steps(cache_dir, tmp_path):
+def test_resume_with_early_stopping_and_max_steps(cli, tmp_path):
     """Today: 'Early stopping conditioned on metric val/rougeL which is not available' when the resumed epoch
     ends by max_steps before any validation (the epoch-end check runs with no metrics logged yet)."""
     tarot = ["experiment=quickstart_tarot", "logger=csv", "trainer.enable_progress_bar=false", "test=false",
              "data.limit_train_samples=64", "data.limit_val_samples=8", "model.generation.max_new_tokens=4",
              "callbacks.early_stopping.check_on_train_epoch_end=true"]
-    run_cli("train.py", *tarot, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}")
+    forked_train(cli, *tarot, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}")
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 4
-    run_cli("train.py", *tarot, "trainer.max_epochs=3", "trainer.max_steps=6", f"ckpt_path={last}",
-            f"hydra.run.dir={tmp_path / 'resumed'}")
+    forked_train(cli, *tarot, "trainer.max_epochs=3", "trainer.max_steps=6", f"ckpt_path={last}",
+                 f"hydra.run.dir={tmp_path / 'resumed'}")
     assert read_json(tmp_path / "resumed" / "metrics.json")["training"]["global_step"] == 6
 
 
