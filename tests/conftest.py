@@ -69,7 +69,7 @@ def run_cli(script: str, *overrides: str, check: bool = True, timeout: int = 600
     """``python <script> <overrides>`` in ROOT: forked from a process that imported the libraries once
     (tests/preloaded_cli.py), which saves seconds of imports per run; ``fresh`` starts a new interpreter."""
     if fresh:
-        proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, text=True,
+        proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, text=True, check=False,
                               env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, timeout=timeout)
     else:
         proc = preloaded_cli().run(script, *overrides, timeout=timeout)

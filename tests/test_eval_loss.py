@@ -161,8 +161,8 @@ def test_a_sweep_optimising_the_loss_gets_it_with_a_rouge_monitor(cache_dir, tmp
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (("optimized_metric=val/bleu_best",), r"optimized_metric=val/bleu_best: only model.monitor \(val/rougeL\) has a "
-                                          r"_best value"),
+    (("optimized_metric=val/bleu_best",), (r"optimized_metric=val/bleu_best: only model.monitor \(val/rougeL\) has "
+                                           r"a _best value")),
     (("optimized_metric=val/loss", "model.eval_loss=false"), "model.eval_loss=false but optimized_metric=val/loss"),
 ])
 def test_an_objective_the_run_cannot_log_is_refused_before_training(cache_dir, tmp_path, overrides, message):
