@@ -105,7 +105,8 @@ def test_cpu_trainers_pass_the_hardware_check(tmp_path):
 
 
 def test_mps_on_this_machine_stops_with_one_line_before_loading(cache_dir):
-    proc = run_cli("train.py", "model=flan_t5", "data=amazon", "trainer=mps", check=False)
+    # a new interpreter, as a user starts it: whatever importing the libraries prints would show here too
+    proc = run_cli("train.py", "model=flan_t5", "data=amazon", "trainer=mps", check=False, fresh=True)
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert error_lines == ["error: trainer=mps needs Apple silicon with PyTorch's MPS backend, which this machine "
