@@ -150,6 +150,13 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def sweeper_reads_objective() -> bool:
+    """This job's return value steers a sweeper (Optuna); Hydra's basic sweeper only runs the grid."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return in_sweep() and not str(HydraConfig.get().sweeper.get("_target_", "")).endswith("BasicSweeper")
+
+
 def check_launcher(cfg: DictConfig) -> None:
     """Lightning's ``ddp`` re-runs the script per GPU with ``sys.argv``; under a Hydra multirun that would
     start a sweep in every child. ``ddp_spawn`` (or a Hydra launcher per job) works."""

@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
-from src.runtime import build_model_and_data, check_hardware, check_launcher, in_sweep, instantiate_group
+from src.runtime import (build_model_and_data, check_hardware, check_launcher, instantiate_group,
+                         sweeper_reads_objective)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:  # under ddp/torchrun every process runs this script
         _print_summary(cfg, best, metrics)
     objective = cfg.get("optimized_metric")
-    # a sweeper needs the value (a single run's is only returned): say so in one line, the run is saved by now
-    if in_sweep() and objective and objective not in metrics and not trainer.interrupted:
+    # a sweeper such as Optuna needs the value (elsewhere it is only returned): one line, the run is saved by now
+    if sweeper_reads_objective() and objective and objective not in metrics and not trainer.interrupted:
         raise UserError(f"optimized_metric={objective} was not logged by this run (it logged: "
                         f"{', '.join(sorted(metrics))}) — set optimized_metric to one of them")
     return metrics.get(objective or "", None)

@@ -172,11 +172,14 @@ def test_an_objective_the_run_cannot_log_is_refused_before_training(cache_dir, t
 
 
 @pytest.mark.slow
-def test_a_sweep_objective_that_was_not_logged_is_one_line_after_the_run_is_saved(cache_dir, tmp_path):
+def test_an_optuna_objective_that_was_not_logged_is_one_line_after_the_run_is_saved(cache_dir, tmp_path):
     (tmp_path / "single").mkdir()
-    # a single run only returns the objective: without a test split it has none, and that is no mistake
+    # a single run, or a grid of Hydra's basic sweeper, only returns the objective: without a test split it has
+    # none, and that is no mistake
     assert train_with(tmp_path / "single", "optimized_metric=test/rougeL", "test=false") is None
+    (tmp_path / "grid").mkdir()
+    assert train_with(tmp_path / "grid", "optimized_metric=test/rougeL", "test=false", "hydra.mode=MULTIRUN") is None
     with pytest.raises(UserError, match=r"optimized_metric=test/rougeL was not logged by this run \(it logged: "
                                         r".*val/rougeL.*\) — set optimized_metric to one of them"):
-        train_with(tmp_path, "optimized_metric=test/rougeL", "test=false", "hydra.mode=MULTIRUN")
+        train_with(tmp_path, "hparams_search=rouge_optuna", "optimized_metric=test/rougeL", "test=false")
     assert (tmp_path / "metrics.json").is_file() and list((tmp_path / "checkpoints").rglob("*.ckpt"))
