@@ -9,8 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
-from src.runtime import (build_model_and_data, check_hardware, check_launcher, instantiate_group,
-                         sweeper_reads_objective)
+from src.runtime import build_model_and_data, check_hardware, check_launcher, instantiate_group, sweeper_reads_objective
 
 log = logging.getLogger(__name__)
 
