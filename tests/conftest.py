@@ -46,11 +46,16 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
 _preloaded: PreloadedCli | None = None
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of every CLI run a test starts."""
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
 def preloaded_cli() -> PreloadedCli:
     """The session's preload server for the current environment (a new one when a test changed the environment:
     libraries read some variables once, when imported)."""
     global _preloaded
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = cli_env()
     if _preloaded is None or _preloaded.env != env:
         if _preloaded is not None:
             _preloaded.close()
@@ -64,15 +69,16 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_preloaded.scratch, ignore_errors=True)
 
 
-def run_cli(script: str, *overrides: str, check: bool = True, timeout: int = 600,
-            fresh: bool = False) -> subprocess.CompletedProcess:
+def run_cli(script: str, *overrides: str, check: bool = True, timeout: int = 600, fresh: bool = False,
+            cli: PreloadedCli | None = None) -> subprocess.CompletedProcess:
     """``python <script> <overrides>`` in ROOT: forked from a process that imported the libraries once
-    (tests/preloaded_cli.py), which saves seconds of imports per run; ``fresh`` starts a new interpreter."""
+    (tests/preloaded_cli.py; the session's, or ``cli``), which saves seconds of imports per run; ``fresh`` starts
+    a new interpreter."""
     if fresh:
         proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, text=True, check=False,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, timeout=timeout)
+                              env=cli_env(), capture_output=True, timeout=timeout)
     else:
-        proc = preloaded_cli().run(script, *overrides, timeout=timeout)
+        proc = (cli or preloaded_cli()).run(script, *overrides, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from src.datamodules.sampling import ResumableShuffle, resumable_loader
-from tests.conftest import ROOT, read_json
+from tests.conftest import ROOT, cli_env, read_json, run_cli
 from tests.preloaded_cli import PreloadedCli
 
 # -- the training order --------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ TOLERANCE = {"text": 1e-6, "shoes": 1e-5}
 
 def forking_server(cache_dir, tmp_path_factory):  # cache_dir: LORAFIT_CACHE set before the server starts
     """``python train.py`` forked from a process that imported its libraries once (``run_cli``'s environment)."""
-    server = PreloadedCli({**os.environ, "PYTHONWARNINGS": "ignore"}, tmp_path_factory.mktemp("cli"))
+    server = PreloadedCli(cli_env(), tmp_path_factory.mktemp("cli"))
     yield server
     server.close()
 
@@ -120,14 +120,8 @@ cli = pytest.fixture(forking_server, scope="module", name="cli")  # resumed, int
 reference_cli = pytest.fixture(forking_server, scope="module", name="reference_cli")  # the uninterrupted runs
 
 
-def forked_train(cli: PreloadedCli, *overrides: str) -> None:
-    proc = cli.run("train.py", *overrides, timeout=600)
-    if proc.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-
-
 def train_run(cli: PreloadedCli, run_dir: Path, *overrides: str) -> Path:
-    forked_train(cli, *COMMON, *overrides, f"hydra.run.dir={run_dir}")
+    run_cli("train.py", *COMMON, *overrides, f"hydra.run.dir={run_dir}", cli=cli)
     return run_dir
 
 
@@ -238,11 +232,11 @@ def test_resume_with_early_stopping_and_max_steps(cli, tmp_path):
     tarot = ["experiment=quickstart_tarot", "logger=csv", "trainer.enable_progress_bar=false", "test=false",
              "data.limit_train_samples=64", "data.limit_val_samples=8", "model.generation.max_new_tokens=4",
              "callbacks.early_stopping.check_on_train_epoch_end=true"]
-    forked_train(cli, *tarot, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}")
+    run_cli("train.py", *tarot, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}", cli=cli)
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 4
-    forked_train(cli, *tarot, "trainer.max_epochs=3", "trainer.max_steps=6", f"ckpt_path={last}",
-                 f"hydra.run.dir={tmp_path / 'resumed'}")
+    run_cli("train.py", *tarot, "trainer.max_epochs=3", "trainer.max_steps=6", f"ckpt_path={last}",
+            f"hydra.run.dir={tmp_path / 'resumed'}", cli=cli)
     assert read_json(tmp_path / "resumed" / "metrics.json")["training"]["global_step"] == 6
 
 
