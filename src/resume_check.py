@@ -3,8 +3,9 @@ LoRA config, ends in one line instead of a traceback from deep inside Lightning 
 
 What a resumed run must share with the run that wrote the checkpoint: the model family, the base model and the
 LoRA settings that decide the adapter's shape, scale and placement (``r``, ``lora_alpha``, ``target_modules``,
-rsLoRA, DoRA, per-module patterns). Everything else may change on resume — learning rate, ``max_steps``, data
-sizes, validation interval, ``lora_dropout`` (a regularisation setting, not part of the weights).
+rsLoRA, DoRA, per-module patterns), and whether training batches are grouped by length (another order).
+Everything else may change on resume — learning rate, ``max_steps``, data sizes, validation interval,
+``lora_dropout`` (a regularisation setting, not part of the weights).
 """
 
 import logging
@@ -15,6 +16,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from src.datamodules.sampling import grouping_difference
 from src.errors import UserError
 from src.modules.adapter_checkpoint import ADAPTER_KEY, lora_settings
 
@@ -43,7 +45,7 @@ def check_resume_checkpoint(ckpt_path: str, cfg: DictConfig) -> dict[str, Any]:
                             f"lorafit's train.py — {PASS_ONE}")
         return checkpoint  # written before checkpoints named their config: the weight shapes are checked on load
     ours = lora_settings(instantiate(cfg.model.lora)) if cfg.model.get("lora") is not None else None
-    difference = config_difference(record, cfg, ours)
+    difference = config_difference(record, cfg, ours) or order_difference(checkpoint, cfg)
     if difference:
         raise UserError(f"ckpt_path={ckpt_path} was trained with {difference} — resume with the settings it "
                         "was trained with, or start a new run without ckpt_path")
@@ -91,6 +93,17 @@ def config_difference(record: dict[str, Any], cfg: DictConfig, ours: dict[str, A
         if name in record and record[name] != ours[name]:
             return f"{name}={record[name]}, this run has model.lora.{name}={ours[name]}"
     return None
+
+
+def order_difference(checkpoint: dict[str, Any], cfg: DictConfig) -> str | None:
+    """A training order that this run's data settings would not replay (``data.group_by_length``), found in the
+    training loader's saved state; None when training does not continue."""
+    if not cfg.get("train", True):
+        return None
+    grouped = bool((cfg.get("data") or {}).get("group_by_length", False))
+    loaders = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
+    states = [s for s in loaders if isinstance(s, dict) and "samples" in s]  # a ResumableLoader's
+    return next(filter(None, (grouping_difference(s, grouped) for s in states)), None)
 
 
 def configured_base(cfg: DictConfig) -> str | None:

@@ -43,7 +43,7 @@ def test_the_order_comes_from_seed_and_epoch_and_resumes_mid_epoch():
     it = iter(again)
     assert [next(it).tolist() for _ in range(2)] == epoch2[:2]
     state = again.state_dict()  # as a checkpoint after the second batch holds it
-    assert state == {"epoch": 2, "samples": 6}
+    assert state == {"epoch": 2, "samples": 6, "grouped": False}
 
     resumed = resumable_loader(data, batch_size=3, seed=5)
     resumed.load_state_dict(state)

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from src.errors import UserError
+
 
 class ResumableShuffle(DistributedSampler):
     """This process's share of a permutation drawn from ``(seed, epoch)``, optionally with one seed per item.
@@ -21,15 +23,20 @@ class ResumableShuffle(DistributedSampler):
     process runs as many steps). Being a ``DistributedSampler``, Lightning keeps it instead of wrapping it.
     ``item_seeds=True`` yields ``(index, seed)`` pairs: an item's augmentation draws from its own seed,
     never from the global RNG the training step uses, whatever the number of workers.
+    ``lengths`` (one per item) groups the permutation as Hugging Face's ``group_by_length`` does (its own
+    ``get_length_grouped_indices``): megabatches of up to 50 batches, each sorted by length, the longest item
+    in the first batch; so batches pad little and an out-of-memory shows at the first step.
 
     >>> s = ResumableShuffle(5, seed=1); s.set_epoch(3); first = list(s); s.set_epoch(3)
     >>> list(s) == first, sorted(first)
     (True, [0, 1, 2, 3, 4])
     """
 
-    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0, item_seeds: bool = False):
+    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0, item_seeds: bool = False,
+                 lengths: list[int] | None = None, batch_size: int = 1):
         # no super().__init__: it reads the process group; the attributes Lightning looks at are set here
         self.size, self.seed, self.item_seeds = size, seed, item_seeds
+        self.lengths, self.batch_size = lengths, batch_size
         self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, False
         self.num_samples = math.ceil(size / num_replicas)
         self.total_size = self.num_samples * num_replicas
@@ -47,7 +54,12 @@ class ResumableShuffle(DistributedSampler):
     def share(self, epoch: int) -> list:
         """This process's items for ``epoch``, in order."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
+        if self.lengths is None:
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:  # grouped across all processes' batches of a step, so that every process's batch is grouped
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            order = get_length_grouped_indices(self.lengths, self.batch_size * self.num_replicas, generator=g)
         items = list(zip(order, torch.randint(2**31 - 1, (self.size,), generator=g).tolist())) \
             if self.item_seeds else order
         items += items[:self.total_size - self.size]
@@ -62,6 +74,9 @@ class ResumableShuffle(DistributedSampler):
 
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` whose state is where its sampler's epoch stands: ``{"epoch", "samples"}``.
+
+    ``grouped`` records whether the order is grouped by length: resuming under the other setting would train
+    on another order, so it is refused.
 
     It counts the batches it has handed out in the current pass (Lightning does not prefetch from a
     loader with a length), so a checkpoint written after batch ``k`` resumes at batch ``k + 1``. The pass
@@ -86,20 +101,35 @@ class ResumableLoader(DataLoader):
         if not isinstance(self.sampler, ResumableShuffle):  # e.g. overfit_batches' sequential sampler
             return {}
         samples = min(self._pass_start + self._served * (self.batch_size or 1), len(self.sampler))
-        return {"epoch": self._pass_epoch, "samples": samples}
+        return {"epoch": self._pass_epoch, "samples": samples, "grouped": self.sampler.lengths is not None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(self.sampler, ResumableShuffle) and state:
+            difference = grouping_difference(state, self.sampler.lengths is not None)
+            if difference:
+                raise UserError(f"the checkpoint was trained with {difference} — resume with the settings it was "
+                                "trained with (another would train on another order)")
             self.sampler.epoch, self.sampler.start = state["epoch"], state["samples"]
             self._pass_epoch, self._pass_start, self._served = state["epoch"], state["samples"], 0
 
 
+def grouping_difference(state: dict[str, Any], grouped: bool) -> str | None:
+    """``"data.group_by_length=true, this run has false"`` when a loader ``state`` was saved under the other
+    setting (states from before the option trained ungrouped); else None."""
+    saved = state.get("grouped", False)
+    if saved == grouped:
+        return None
+    return f"data.group_by_length={str(saved).lower()}, this run has {str(grouped).lower()}"
+
+
 def resumable_loader(dataset, batch_size: int, seed: int, trainer=None, item_seeds: bool = False,
-                     **kwargs: Any) -> ResumableLoader:
-    """The training loader of a datamodule: resumable order, this process's shard under ddp."""
+                     lengths: list[int] | None = None, **kwargs: Any) -> ResumableLoader:
+    """The training loader of a datamodule: resumable order, this process's shard under ddp; batches of
+    similar ``lengths`` when given."""
     dist = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
     world, rank = (dist["num_replicas"], dist["rank"]) if dist else (1, 0)
-    sampler = ResumableShuffle(len(dataset), seed, num_replicas=world, rank=rank, item_seeds=item_seeds)
+    sampler = ResumableShuffle(len(dataset), seed, num_replicas=world, rank=rank, item_seeds=item_seeds,
+                               lengths=lengths, batch_size=batch_size)
     # its own generator: starting a pass draws the workers' base seed from it, not from the global RNG that a
     # resumed run restores (src/callbacks/resume_state.py) — else an epoch's first step would see another draw
     kwargs.setdefault("generator", torch.Generator().manual_seed(seed))

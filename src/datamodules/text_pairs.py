@@ -112,7 +112,8 @@ class TextPairDataModule(L.LightningDataModule):
                  max_source_length: int = 128, max_target_length: int = 128, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 42,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, limit_train_samples: int | None = None,
-                 limit_val_samples: int | None = None, limit_test_samples: int | None = None):
+                 limit_val_samples: int | None = None, limit_test_samples: int | None = None,
+                 group_by_length: bool = False):
         super().__init__()
         if encoding not in ENCODERS:
             raise UserError(f"{type(self).__name__} is a text dataset but the model's encoding is {encoding!r} "
@@ -204,10 +205,16 @@ class TextPairDataModule(L.LightningDataModule):
         common = dict(num_workers=hp.num_workers, collate_fn=self.encoder.collate,
                       persistent_workers=hp.num_workers > 0)
         if name == "train":  # an order from (seed, epoch) that a resumed run replays, sharded under ddp
-            return resumable_loader(self.splits[name], hp.batch_size, hp.seed, self.trainer, **common)
+            lengths = self.train_lengths() if hp.group_by_length else None
+            return resumable_loader(self.splits[name], hp.batch_size, hp.seed, self.trainer, lengths=lengths, **common)
         # evaluation on several processes: each sample once (Lightning's default sampler would repeat some)
         return DataLoader(self.splits[name], batch_size=hp.eval_batch_size or hp.batch_size,
                           sampler=eval_sampler(self.splits[name], self.trainer), **common)
+
+    def train_lengths(self) -> list[int]:
+        """What a training sample costs to pad: its input plus its label tokens (both are padded per batch)."""
+        table = self.splits["train"].with_format("arrow")[:]
+        return pc.add(pc.list_value_length(table["input_ids"]), pc.list_value_length(table["labels"])).to_pylist()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
