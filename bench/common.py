@@ -105,9 +105,10 @@ def stopwatch(into: dict, key: str):
 
 
 def row(name: str, what: str, framework: float, alternative: float, unit: str, ratio: float, target: str,
-        met: bool, **details) -> dict:
+        met: bool | None, **details) -> dict:
+    """One figure side by side; ``met=None`` for a figure reported beside a row's target, not held to one."""
     return {"row": name, "what": what, "framework": framework, "alternative": alternative, "unit": unit,
-            "ratio": ratio, "target": target, "met": bool(met), "details": details}
+            "ratio": ratio, "target": target, "met": None if met is None else bool(met), "details": details}
 
 
 def run_side(module: str, row: str, spec: dict) -> dict:

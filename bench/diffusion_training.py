@@ -22,10 +22,31 @@ from bench.common import THREADS, WORK, compose, row, run_side
 BATCH_SIZE = 8
 
 
-def diffusion_config(run: str, steps: int):
-    return compose("train", ["model=tiny_sd", "data=shoes", "trainer=cpu", "trainer.enable_progress_bar=false",
-                             "+trainer.limit_val_batches=0", f"trainer.max_steps={steps}", "trainer.max_epochs=-1",
-                             f"data.batch_size={BATCH_SIZE}"], WORK / "runs" / run)
+def diffusion_config(run: str, steps: int, shape: str = "tiny"):
+    return compose("train", [*SHAPES[shape]["overrides"](), "data=shoes", "trainer=cpu",
+                             "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=0",
+                             f"trainer.max_steps={steps}", "trainer.max_epochs=-1",
+                             f"data.batch_size={SHAPES[shape]['batch_size']}"], WORK / "runs" / run)
+
+
+def sd15_dir() -> str:
+    """Stable Diffusion 1.5's architecture (UNet 860M, VAE, CLIP ViT-L text encoder) at random init, built once."""
+    from bench.common import ROOT
+    from src.pretrained.random_init import random_sd
+
+    shoes = ROOT / "data/samples/shoes"
+    return random_sd(str(WORK / "models"), corpus_files=[str(shoes / "train/metadata.jsonl"),
+                                                         str(shoes / "prompts.txt")])
+
+
+# tiny: the tiny SD at 64x64, batch 8. sd15: the reference recipe's model and batch (1) at 512x512; its validation
+# metrics as the real-architecture dry run builds them (InceptionV3 and CLIP ViT-L cannot be fetched here)
+SHAPES = {
+    "tiny": {"batch_size": BATCH_SIZE, "overrides": lambda: ["model=tiny_sd"]},
+    "sd15": {"batch_size": 1, "overrides": lambda: [
+        "model=sd15", f"model.pretrained={sd15_dir()}", "data.resolution=512", "model.metrics.feature_extractor.kind=tiny",
+        "+model.metrics.feature_extractor.num_features=64", "model.metrics.clip_model=null"]},
+}
 
 
 def read_image(path: str, resolution: int, flip: bool):
@@ -160,7 +181,7 @@ def framework_rss_side(spec: dict) -> dict:
 
     from src.runtime import build_model_and_data, instantiate_group
 
-    cfg = diffusion_config("i_framework_rss", spec["steps"])
+    cfg = diffusion_config(f"i_framework_rss_{spec['shape']}", spec["steps"], spec["shape"])
     module, datamodule = build_model_and_data(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
@@ -180,7 +201,7 @@ def script_rss_side(spec: dict) -> dict:
     items = [(str(folder / r["file_name"]), r["text"]) for r in rows]
     rng = random.Random(0)
     for _ in range(spec["steps"]):
-        batch = rng.sample(items, BATCH_SIZE)
+        batch = rng.sample(items, SHAPES[spec["shape"]]["batch_size"])
         loop.step(loop.fetch([(p, c, rng.random() < 0.5) for p, c in batch]))
     return {"steps": spec["steps"]}
 
@@ -194,7 +215,9 @@ def side_main(spec: dict) -> None:
     quiet()
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
+    start = time.perf_counter()
     figures = (framework_rss_side if spec["side"] == "framework" else script_rss_side)(spec)
+    figures["seconds"] = round(time.perf_counter() - start, 1)
     figures.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
     print(json.dumps(figures))
 
@@ -223,11 +246,6 @@ def bench_diffusion_training(quick: bool) -> list[dict]:
     per_step = sorted(f / s for f, s in pairs)
     overhead = per_step[len(per_step) // 2] - 1  # median of the paired steps, as row a
     framework, script = (sum(f for f, _ in pairs) / len(pairs), sum(s for _, s in pairs) / len(pairs))
-    data_dir = str(Path(cfg.data.data_dir))
-    rss = {side: run_side("bench.diffusion_training", "i",
-                          {"side": side, "steps": rss_steps, "settings": settings, "data_dir": data_dir})
-           for side in ("framework", "script")}
-    memory = rss["framework"]["peak_rss_mb"] / rss["script"]["peak_rss_mb"]
     what = "diffusion LoRA training (tiny SD, 64x64, batch 8), framework vs train_text_to_image_lora.py's step"
     return [row("i", what + ", s/step", round(framework, 4), round(script, 4), "s/step", round(overhead, 4),
                 "overhead <= 3%", overhead <= 0.03, overhead_percent_median_step=round(100 * overhead, 1),
@@ -237,9 +255,22 @@ def bench_diffusion_training(quick: bool) -> list[dict]:
                 lora={k: settings["lora"][k] for k in ("r", "lora_alpha", "target_modules")},
                 framework_callbacks=[type(c).__name__ for c in trainer.callbacks if c is not probe],
                 threads=torch.get_num_threads()),
-            row("i.mem", what + ", peak RSS (each in its own process)", rss["framework"]["peak_rss_mb"],
-                rss["script"]["peak_rss_mb"], "MB", round(memory, 3), "overhead <= 3%", memory <= 1.03,
-                steps_per_process=rss_steps, framework_builds="the validation metrics too (FID/KID extractor, CLIP)")]
+            memory_row("tiny", cfg, rss_steps),
+            memory_row("sd15", diffusion_config("i_sd15", 2, "sd15"), 2 if quick else 3)]
+
+
+def memory_row(shape: str, cfg, steps: int) -> dict:
+    """Peak RSS of each side training ``steps`` steps in its own process."""
+    spec = {"shape": shape, "steps": steps, "settings": script_settings(cfg), "data_dir": str(Path(cfg.data.data_dir))}
+    rss = {side: run_side("bench.diffusion_training", "i", {**spec, "side": side}) for side in ("framework", "script")}
+    memory = rss["framework"]["peak_rss_mb"] / rss["script"]["peak_rss_mb"]
+    what = {"tiny": "tiny SD, 64x64, batch 8", "sd15": "SD 1.5 shape, 512x512, batch 1"}[shape]
+    extra = "" if shape == "tiny" else "; the framework's FID/KID extractor small, no CLIP model, as the dry run"
+    return row(f"i.mem.{shape}", f"diffusion LoRA training ({what}), framework vs train_text_to_image_lora.py's "
+               "step, peak RSS (each in its own process)", rss["framework"]["peak_rss_mb"],
+               rss["script"]["peak_rss_mb"], "MB", round(memory, 3), "overhead <= 3%", memory <= 1.03,
+               steps_per_process=steps, framework_builds="the validation metrics too" + extra,
+               seconds={side: r["seconds"] for side, r in rss.items()})
 
 
 if __name__ == "__main__":
