@@ -1,7 +1,7 @@
 """The bench suite: the framework's speed, memory and checkpoint size, each measured side by side with
 the usual alternative in the same run, on CPU.
 
-    python bench/run.py                      # every row (a-f about 12 minutes on 2 quiet cores, g-j ~9 more)
+    python bench/run.py                      # every row (a-f about 12 minutes on 2 quiet cores, g-j ~17 more)
     python bench/run.py --only a,c --quick   # some rows, fewer steps/samples/records (development)
     python bench/run.py --out /tmp/bench.json
 
