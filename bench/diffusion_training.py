@@ -44,8 +44,9 @@ def sd15_dir() -> str:
 SHAPES = {
     "tiny": {"batch_size": BATCH_SIZE, "overrides": lambda: ["model=tiny_sd"]},
     "sd15": {"batch_size": 1, "overrides": lambda: [
-        "model=sd15", f"model.pretrained={sd15_dir()}", "data.resolution=512", "model.metrics.feature_extractor.kind=tiny",
-        "+model.metrics.feature_extractor.num_features=64", "model.metrics.clip_model=null"]},
+        "model=sd15", f"model.pretrained={sd15_dir()}", "data.resolution=512",
+        "model.metrics.feature_extractor.kind=tiny", "+model.metrics.feature_extractor.num_features=64",
+        "model.metrics.clip_model=null"]},
 }
 
 
