@@ -233,6 +233,7 @@ def bench_diffusion_training(quick: bool) -> list[dict]:
     from src.runtime import build_model_and_data, instantiate_group
 
     warmup, steps, rss_steps = (2, 6, 3) if quick else (3, 30, 6)
+    sd15_steps = 2 if quick else 3  # ~8-12 s a step at 512 px on 2 cores
     total = warmup + steps + 1  # the last batch only closes the previous framework step's interval
     cfg = diffusion_config("i_diffusion", total)
     settings = script_settings(cfg)
@@ -257,7 +258,7 @@ def bench_diffusion_training(quick: bool) -> list[dict]:
                 framework_callbacks=[type(c).__name__ for c in trainer.callbacks if c is not probe],
                 threads=torch.get_num_threads()),
             memory_row("tiny", cfg, rss_steps),
-            memory_row("sd15", diffusion_config("i_sd15", 2, "sd15"), 2 if quick else 3)]
+            memory_row("sd15", diffusion_config("i_sd15", sd15_steps, "sd15"), sd15_steps)]
 
 
 def memory_row(shape: str, cfg, steps: int) -> dict:
