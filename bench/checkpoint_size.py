@@ -25,7 +25,7 @@ class AllWeightsModule(Seq2SeqLoRAModule):
 
 
 def one_step_checkpoint(cfg, target: str, path) -> int:
-    from src.runtime import build_model_and_data
+    from src.building import build_model_and_data
 
     with open_dict(cfg):
         cfg.model._target_ = target

@@ -44,7 +44,7 @@ def sd15_dir() -> str:
 SHAPES = {
     "tiny": {"batch_size": BATCH_SIZE, "overrides": lambda: ["model=tiny_sd"]},
     "sd15": {"batch_size": 1, "overrides": lambda: [
-        "model=sd15", f"model.pretrained={sd15_dir()}", "data.resolution=512",
+        "model=sd15", f"model.pretrained={sd15_dir()}", "model.resolution=512",
         "model.metrics.feature_extractor.kind=tiny", "+model.metrics.feature_extractor.num_features=64",
         "model.metrics.clip_model=null"]},
 }
@@ -138,7 +138,7 @@ def script_settings(cfg) -> dict:
     pretrained = cfg.model.pretrained
     return {"pretrained": str(pretrained if isinstance(pretrained, str) else instantiate(pretrained)), "lora": lora,
             "lr": cfg.model.optimizer.lr, "weight_decay": cfg.model.optimizer.weight_decay,
-            "resolution": cfg.data.resolution}
+            "resolution": cfg.model.resolution}
 
 
 def interleaved_callback(loop: ScriptLoop, warmup: int):
@@ -180,7 +180,8 @@ def framework_rss_side(spec: dict) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
-    from src.runtime import build_model_and_data, instantiate_group
+    from src.building import build_model_and_data
+    from src.instantiation import instantiate_group
 
     cfg = diffusion_config(f"i_framework_rss_{spec['shape']}", spec["steps"], spec["shape"])
     module, datamodule = build_model_and_data(cfg)
@@ -230,7 +231,8 @@ def bench_diffusion_training(quick: bool) -> list[dict]:
     import torch
     from hydra.utils import instantiate
 
-    from src.runtime import build_model_and_data, instantiate_group
+    from src.building import build_model_and_data
+    from src.instantiation import instantiate_group
 
     warmup, steps, rss_steps = (2, 6, 3) if quick else (3, 30, 6)
     sd15_steps = 2 if quick else 3  # ~8-12 s a step at 512 px on 2 cores

@@ -49,7 +49,7 @@ class OneAtATime(L.Callback):
 
 
 def bench_evaluation(quick: bool) -> dict:
-    from src.runtime import build_model_and_data
+    from src.building import build_model_and_data
 
     n = 40 if quick else 200
     cfg = eval_config(n)

@@ -70,8 +70,11 @@ def tokenizer_and_datamodule(cfg):
     from hydra.utils import instantiate
     from transformers import AutoTokenizer
 
+    from src.families.seq2seq import SEQ2SEQ
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir(cfg))
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, encoding="seq2seq")
+    datamodule = instantiate(cfg.data)
+    SEQ2SEQ.connect(datamodule, tokenizer, cfg.model)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return tokenizer, datamodule
@@ -82,7 +85,8 @@ def framework_side(spec: dict) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
-    from src.runtime import build_model_and_data, instantiate_group
+    from src.building import build_model_and_data
+    from src.instantiation import instantiate_group
 
     class EpochClock(L.Callback):
         def __init__(self):
@@ -237,14 +241,15 @@ def hf_predictor(cfg, module, datamodule):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+    from src.conversation import reference
     from src.metrics.text import TextGenerationMetrics
 
     tokenizer = module.tokenizer
     split = datamodule.splits["val"]  # length-sorted by the framework; back to the split's own order:
-    unsorted = datamodule.split(datamodule.load_pairs())["val"]["uid"][:len(split)]
+    unsorted = datamodule.split(datamodule.load_samples())["val"]["uid"][:len(split)]
     position = {u: i for i, u in enumerate(split["uid"])}
     dataset = split.select([position[u] for u in unsorted])
-    targets = list(dataset["target"])
+    targets = [reference(m) for m in dataset["messages"]]
     dataset = dataset.select_columns(["input_ids", "attention_mask", "labels"])
     model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(module.pretrained),
                            LoraConfig(**lora_settings(cfg), task_type="SEQ_2_SEQ_LM"))
@@ -268,7 +273,7 @@ def hf_predictor(cfg, module, datamodule):
 def evaluation_row(model: str, n: int, both_twice: bool = True) -> dict:
     from hydra.utils import instantiate
 
-    from src.runtime import build_model_and_data
+    from src.building import build_model_and_data
 
     cfg = evaluation_config(model, n)
     module, datamodule = build_model_and_data(cfg)

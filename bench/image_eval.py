@@ -20,7 +20,7 @@ CHECKPOINTS = 4
 
 
 def make_run(run_dir) -> None:
-    from src.runtime import build_model_and_data
+    from src.building import build_model_and_data
 
     cfg = compose("train", ["experiment=quickstart_shoes", "trainer.enable_progress_bar=false",
                             "+trainer.limit_val_batches=0", "trainer.max_steps=1", "trainer.val_check_interval=1.0",
@@ -46,9 +46,8 @@ def make_run(run_dir) -> None:
 
 def bench_image_evaluation(quick: bool) -> dict:
     from src.comparison import runner
-    from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
-    from src.runtime import build_model_and_data
-    from src.targets import with_run_config
+    from src.building import build_model_and_data
+    from src.targets import state_dict_of, with_run_config
 
     run_dir = WORK / "runs" / "f_shoes_run"
     make_run(run_dir)
@@ -66,7 +65,7 @@ def bench_image_evaluation(quick: bool) -> dict:
         return result
 
     def one_checkpoint(module, datamodule, name: str) -> float:
-        module.load_state_dict(trainable_state_from_checkpoint(str(run_dir / "checkpoints" / "checkpoint-10.ckpt")))
+        module.load_state_dict(state_dict_of(str(run_dir / "checkpoints" / "checkpoint-10.ckpt")))
         start = time.perf_counter()
         evaluate_row(merged, module, datamodule, out / "reference", name, step=10)
         return time.perf_counter() - start

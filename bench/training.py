@@ -95,7 +95,8 @@ class HandWritten:
 
 def bench_training_overhead(quick: bool, name: str = "a", shape: str = "t5-small", pretrained: str | None = None,
                             warmup_and_steps: tuple[int, int] = (3, 24)) -> dict:
-    from src.runtime import build_model_and_data, instantiate_group
+    from src.building import build_model_and_data
+    from src.instantiation import instantiate_group
 
     warmup, steps = (2, 4) if quick else warmup_and_steps
     total = warmup + steps + 1  # the last batch only closes the previous framework step's interval
@@ -138,7 +139,7 @@ def pad_to(batch: dict, length: int, pad_id: int) -> dict:
 
 
 def bench_padding(quick: bool) -> dict:
-    from src.runtime import build_model_and_data
+    from src.building import build_model_and_data
 
     n_dynamic, n_fixed = (2, 1) if quick else (8, 4)
     # the full Amazon config's length limits (128 source / 224 target tokens) on the bundled sample

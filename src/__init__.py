@@ -1,1 +1,5 @@
-"""Declarative LoRA fine-tuning with PyTorch Lightning and Hydra."""
+"""lorafit: declarative LoRA fine-tuning with PyTorch Lightning and Hydra."""
+
+from src import library_notices
+
+library_notices.install()

@@ -11,6 +11,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from torchmetrics import Metric
 
 from src.errors import UserError
 
@@ -87,8 +88,6 @@ def unshare_metric_states(module: torch.nn.Module) -> None:
     neither, so two processes adding in place (FID's ``fake_features_num_samples += n``, a mean's running
     sum) would write into one tensor and every count would be summed twice at sync.
     """
-    from torchmetrics import Metric
-
     for metric in module.modules():
         if not isinstance(metric, Metric):
             continue

@@ -1,5 +1,6 @@
-"""``evaluate.py``: score a checkpoint, an exported adapter, a run's best checkpoint, or the base model;
-with ``compare=all``, every checkpoint of a run or the runs of a sweep (``src/comparison``)."""
+"""Evaluating one model on one split: the building blocks the comparison reuses (``run_evaluation``,
+``write_evaluation``) and ``evaluate``, the single-target command (a checkpoint, an exported adapter, a run's best
+checkpoint, or the base model). ``evaluate.py`` dispatches ``compare=all`` and ``ckpt=retrieval`` elsewhere."""
 
 import logging
 from contextlib import nullcontext
@@ -10,9 +11,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.callbacks.run_report import to_builtin, write_json
+from src.building import build_model_and_data
 from src.errors import UserError
-from src.runtime import build_model_and_data, check_hardware
+from src.outputs import to_builtin, write_json
+from src.runtime import check_hardware
 from src.targets import load_target_weights, resolve_target, with_run_config
 
 log = logging.getLogger(__name__)
@@ -20,17 +22,13 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def check_split(cfg: DictConfig) -> None:
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split} must be one of {SPLITS}")
-    if cfg.get("compare") is not None:
-        from src.comparison.runner import compare
 
-        return compare(cfg)
-    if str(cfg.ckpt) == "retrieval":  # the retrieval baseline, not a model (src/comparison/retrieval.py)
-        from src.comparison.retrieval import evaluate_retrieval
 
-        return evaluate_retrieval(cfg)
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    check_split(cfg)
     target = resolve_target(cfg.ckpt, cfg.get("config_from"))
     if target.run_dir is not None:
         cfg = with_run_config(cfg, target.run_dir)

@@ -13,11 +13,12 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.datamodules.sampling import grouping_difference
 from src.errors import UserError
+from src.families.registry import FAMILIES
 from src.modules.adapter_checkpoint import ADAPTER_KEY, lora_settings
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ def unreadable_reason(path: Path, err: Exception) -> str:
 def config_difference(record: dict[str, Any], cfg: DictConfig, ours: dict[str, Any] | None) -> str | None:
     """``"lora_alpha=32, this run has model.lora.lora_alpha=64"`` for the first setting that differs, or None;
     ``ours``: this run's ``lora_settings``."""
-    family = getattr(get_class(cfg.model._target_), "encoding", None)
-    if family and record.get("family") != family:
+    family = FAMILIES.of_config(cfg.model).name
+    if record.get("family") != family:
         return f"the {record.get('family')} model family, this run's model is {family} ({cfg.model._target_})"
     base = configured_base(cfg)
     if base and record.get("base") and PurePath(record["base"]).name != PurePath(base).name:

@@ -1,4 +1,4 @@
-"""Wiring shared by the entry points: instantiation from config, hardware checks, user errors."""
+"""What the entry points share: user errors as one line, library warnings, hardware and launcher checks."""
 
 import importlib.util
 import logging
@@ -10,13 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from src import distributed
 from src.errors import UserError, find_user_error
+from src.modules.attention import check_attention
+from src.pretrained.quantization import check_quantization
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,6 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def check_hardware(cfg: DictConfig) -> None:
     """Everything the hardware must support, checked before any model is loaded."""
-    from src.modules.attention import check_attention
-    from src.pretrained.quantization import check_quantization
-
     check_quantization(cfg.model.get("quantization"))
     check_attention(cfg.model.get("attention"))
     check_trainer_config(cfg.trainer)
@@ -123,10 +123,8 @@ def check_cluster(trainer_cfg: DictConfig) -> None:
     """``num_nodes > 1`` needs a launcher that started one process per device on every node (SLURM's srun,
     torchrun, ...); under SLURM, devices and nodes must match the allocation (Lightning checks it only after
     the model is loaded)."""
-    from src.distributed import detected_cluster
-
     num_nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
-    cluster = detected_cluster()
+    cluster = distributed.detected_cluster()
     if num_nodes > 1 and cluster is None:
         raise UserError(f"trainer.num_nodes={num_nodes} needs a cluster launcher on every node and none was detected "
                         "— start with srun (SLURM), torchrun --nnodes, or hydra/launcher=slurm; or set num_nodes=1")
@@ -144,61 +142,22 @@ def check_cluster(trainer_cfg: DictConfig) -> None:
 
 def in_sweep() -> bool:
     """This job is one of a Hydra multirun's (``-m``, a sweeper such as Optuna)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def sweeper_reads_objective() -> bool:
     """This job's return value steers a sweeper (Optuna); Hydra's basic sweeper only runs the grid."""
-    from hydra.core.hydra_config import HydraConfig
-
     return in_sweep() and not str(HydraConfig.get().sweeper.get("_target_", "")).endswith("BasicSweeper")
 
 
 def check_launcher(cfg: DictConfig) -> None:
     """Lightning's ``ddp`` re-runs the script per GPU with ``sys.argv``; under a Hydra multirun that would
     start a sweep in every child. ``ddp_spawn`` (or a Hydra launcher per job) works."""
-    from src.distributed import detected_cluster
-
     strategy = strategy_name(cfg.trainer)
     devices = cfg.trainer.get("devices", 1)
     multi = devices not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1
     relaunches = strategy in ("ddp", "fsdp") or strategy.startswith("deepspeed")
     # under SLURM or torchrun every process was started by the cluster, Lightning starts none
-    if in_sweep() and relaunches and multi and detected_cluster() is None:
+    if in_sweep() and relaunches and multi and distributed.detected_cluster() is None:
         raise UserError(f"trainer.strategy={strategy} cannot run inside a local Hydra multirun (each process would "
                         "restart the sweep) — use trainer=ddp_sim on a CPU, or hydra/launcher=slurm on a cluster")
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a config group (callbacks, loggers)."""
-    if not group:
-        return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
-
-
-def instantiate_config(node: DictConfig, **kwargs) -> Any:
-    """``hydra.utils.instantiate``, with a UserError raised as itself rather than wrapped by Hydra."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        user_error = find_user_error(err)
-        if user_error is not None:
-            raise user_error from None
-        cause = err.__cause__
-        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
-            raise UserError(f"{node.get('_target_')} {str(cause).split(' got ', 1)[-1]} — remove that key from the "
-                            "config (an experiment's settings do not fit another model or data group)") from None
-        raise
-
-
-def build_model_and_data(cfg: DictConfig):
-    """The LightningModule from ``cfg.model`` and the datamodule fed with the module's tokenizer."""
-    from src.modality import check_model_fits_data
-
-    check_model_fits_data(cfg)  # before resolving the model config: it may interpolate a key of another modality
-    module = instantiate_config(cfg.model)
-    datamodule = instantiate_config(cfg.data, tokenizer=module.tokenizer, encoding=module.encoding)
-    return module, datamodule

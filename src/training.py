@@ -8,23 +8,24 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.building import build_model_and_data
 from src.errors import UserError
-from src.runtime import build_model_and_data, check_hardware, check_launcher, instantiate_group, sweeper_reads_objective
+from src.instantiation import instantiate_group
+from src.preflight.run import preflight
+from src.resume_check import check_resume_checkpoint
+from src.runtime import check_hardware, check_launcher, sweeper_reads_objective
+from src.modules.text_lora import TextLoRAModule
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
     if cfg.get("preflight"):
-        from src.preflight import preflight
-
         return preflight(cfg)  # exits 2 when it finds a problem
     check_hardware(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:  # missing, truncated, foreign, or of another LoRA config: one line, before anything is built
-        from src.resume_check import check_resume_checkpoint
-
         check_resume_checkpoint(ckpt_path, cfg)
 
     check_launcher(cfg)
@@ -62,11 +63,11 @@ def _check_objective(objective: str | None, module: L.LightningModule) -> None:
     """A sweep's objective must be a value the run will log: refuse what it never can, before training."""
     if not objective:
         return
-    monitor = getattr(module, "monitor", None)
+    monitor = module.monitor
     if objective.endswith("_best") and objective != f"{monitor}_best":
         raise UserError(f"optimized_metric={objective}: only model.monitor ({monitor}) has a _best value — set "
                         f"optimized_metric={monitor}_best, or model.monitor={objective.removesuffix('_best')}")
-    if objective in ("val/loss", "test/loss") and hasattr(module, "eval_loss"):
+    if objective in ("val/loss", "test/loss") and isinstance(module, TextLoRAModule):
         if module.eval_loss is False:
             raise UserError(f"model.eval_loss=false but optimized_metric={objective} needs the evaluation loss "
                             "— set model.eval_loss=null (or true), or optimize another metric")

@@ -22,10 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra._internal.utils import _locate
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
+from omegaconf.grammar_parser import parse
 
+from src.config_files import CONF_DIR
 from src.errors import UserError
-from src.modality import CONF_DIR
+from src.families.registry import FAMILIES
 
 NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 SCHEDULE_FUNCTION = re.compile(r"get_\w*schedule\w*")
@@ -47,8 +52,6 @@ class Refused(UserError):
 
 def _subclass_of(*bases: str):
     def check(obj: Any) -> bool:
-        from hydra.utils import get_class
-
         return inspect.isclass(obj) and issubclass(obj, tuple(get_class(b) for b in bases))
     return check
 
@@ -87,6 +90,11 @@ RULES = (
 )
 
 
+def family_module_targets() -> set[str]:
+    """The LightningModule classes of the registered model families (a family added by a plugin included)."""
+    return {f"{f.module_class.__module__}.{f.module_class.__qualname__}" for f in FAMILIES}
+
+
 def is_trusted_target(target: Any) -> bool:
     """Whether ``_target_: target`` may be instantiated from a run's config.
 
@@ -100,12 +108,10 @@ def is_trusted_target(target: Any) -> bool:
     """
     if not isinstance(target, str) or not NAME.fullmatch(target):  # an interpolation or a non-name
         return False
-    if target in EXACT:
+    if target in EXACT or target in family_module_targets():
         return True
     if target.startswith("src.") and target not in conf_src_targets():
         return False
-    from hydra._internal.utils import _locate
-
     for prefix, package, allowed in RULES:
         if target.startswith(prefix):
             try:
@@ -142,9 +148,6 @@ def refused_resolver(value: Any) -> str | None:
     """
     if not isinstance(value, str) or "${" not in value:
         return None
-    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
-    from omegaconf.grammar_parser import parse
-
     try:
         tree = parse(value)
     except Exception:  # noqa: BLE001 (OmegaConf could not resolve it either: refuse rather than guess)

@@ -99,6 +99,23 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def connect(datamodule, tokenizer=None, family: str = "seq2seq", **model_cfg):
+    """A datamodule built from config, connected the way a run connects it (the family's ``connect``)."""
+    from omegaconf import OmegaConf
+
+    from src.families.registry import FAMILIES
+
+    FAMILIES.get(family).connect(datamodule, tokenizer, OmegaConf.create(model_cfg))
+    return datamodule
+
+
+def texts(row: dict) -> tuple[str, str]:
+    """A sample's prompt (as one text) and reference."""
+    from src.conversation import prompt_text, reference
+
+    return prompt_text(row["messages"]), reference(row["messages"])
+
+
 @pytest.fixture(scope="session")
 def trained_shoes_run(cache_dir, tmp_path_factory) -> Path:
     """A short quickstart_shoes run for serving and export tests: 10 steps, one validation, one checkpoint."""

@@ -8,8 +8,13 @@ from huggingface_hub import constants
 from peft import LoraConfig, get_peft_model
 
 from src.errors import UserError
-from src.pretrained.architecture import BUNDLED_DIR, architecture_config, meta_model
+from src.families.registry import FAMILIES
+from src.pretrained.architecture import BUNDLED_DIR, architecture_config
 from tests.conftest import ROOT
+
+
+def meta_model(family: str, pretrained: str):
+    return FAMILIES.get(family).meta_model(pretrained)
 
 FLAN, PTT5, DIALOGPT = "google/flan-t5-base", "unicamp-dl/ptt5-base-portuguese-vocab", "microsoft/DialoGPT-medium"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"

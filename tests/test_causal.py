@@ -5,8 +5,14 @@ import torch
 from hydra.utils import instantiate
 from transformers import AutoTokenizer
 
-from src.datamodules.text_pairs import CausalPairEncoder
+from src.conversation import one_turn
+from src.encoders.causal import CausalEncoder as CausalPairEncoder
 from tests.conftest import QUICK, compose_config, read_json, run_cli
+
+
+def pairs(source: list[str], target: list[str]) -> dict[str, list]:
+    """A datasets.map batch of one-turn samples."""
+    return {"messages": [one_turn(s, t) for s, t in zip(source, target)]}
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +24,8 @@ def causal_module(cache_dir, tmp_path_factory):
 def test_loss_is_masked_on_prompt_tokens(causal_module):
     tok = causal_module.tokenizer
     enc = CausalPairEncoder(tok, max_source_length=32, max_target_length=16)
-    rows = enc({"source": ["Title: Acme Lamp\nDescription:", "Title: X\nDescription:"],
-                "target": ["A bright desk lamp.", "Soft blanket for cold nights and long winters."]})
+    rows = enc(pairs(["Title: Acme Lamp\nDescription:", "Title: X\nDescription:"],
+                     ["A bright desk lamp.", "Soft blanket for cold nights and long winters."]))
     for prompt, ids, labels in zip(rows["prompt_ids"], rows["input_ids"], rows["labels"]):
         assert ids[:len(prompt)] == prompt
         assert labels[:len(prompt)] == [-100] * len(prompt)  # no loss on the prompt
@@ -31,7 +37,7 @@ def test_loss_is_masked_on_prompt_tokens(causal_module):
 def test_long_prompts_keep_their_end(causal_module):
     tok = causal_module.tokenizer
     enc = CausalPairEncoder(tok, max_source_length=6, max_target_length=8)
-    rows = enc({"source": ["Title: a very long product title with many words\nDescription:"], "target": ["x"]})
+    rows = enc(pairs(["Title: a very long product title with many words\nDescription:"], ["x"]))
     assert len(rows["prompt_ids"][0]) == 6
     assert tok.decode(rows["prompt_ids"][0]).endswith("Description:")  # the cue survives truncation
 
@@ -39,9 +45,9 @@ def test_long_prompts_keep_their_end(causal_module):
 def test_batches_pad_training_right_and_prompts_left(causal_module):
     tok = causal_module.tokenizer
     enc = CausalPairEncoder(tok, max_source_length=32, max_target_length=16)
-    rows = enc({"source": ["Title: A much longer product title here\nDescription:", "Title: X\nDescription:"],
-                "target": ["One.", "Two."]})
-    features = [{k: rows[k][i] for k in rows} | {"uid": str(i), "source": "s", "target": "t"} for i in range(2)]
+    rows = enc(pairs(["Title: A much longer product title here\nDescription:", "Title: X\nDescription:"],
+                     ["One.", "Two."]))
+    features = [{k: rows[k][i] for k in rows} | {"uid": str(i), "messages": one_turn("s", "t")} for i in range(2)]
     batch = enc.collate(features)
     short = 1
     n = len(rows["input_ids"][short])
@@ -60,8 +66,8 @@ def test_batched_generation_equals_one_at_a_time(causal_module):
     enc = CausalPairEncoder(tok, max_source_length=32, max_target_length=16)
     sources = ["Title: Acme Running Shoes - Red, Small\nDescription:", "Title: Kitchenly Chef Knife\nDescription:",
                "Title: X\nDescription:"]
-    rows = enc({"source": sources, "target": ["a", "b", "c"]})
-    features = [{k: rows[k][i] for k in rows} | {"uid": str(i), "source": s, "target": "t"}
+    rows = enc(pairs(sources, ["a", "b", "c"]))
+    features = [{k: rows[k][i] for k in rows} | {"uid": str(i), "messages": one_turn(s, "t")}
                 for i, s in enumerate(sources)]
     with torch.no_grad():
         batched = causal_module.generate_texts(enc.collate(features))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from src.datamodules import cleaning, column_cleaning, records
+from src.dataio import cleaning, column_cleaning, records
 
 PIECES = list("ab C!?,;:.-=*_~#&<>/\t\n\r\f\x00\x0b\x1c\x1f\x7f\x85\xa0\u200b\u2028\u3000\ufeff\u00ad…ﬁＷéß½") + [
     "&amp;", "&nbsp;", "&#8230;", "&lt;b&gt;", "<p>", "</b>", "<a href='&amp;x'>", "&amp", "&#x41;", "&bogus;",

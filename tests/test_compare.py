@@ -12,7 +12,7 @@ import yaml
 
 from src.comparison.report import BootstrapSettings, Evaluated, build_report, recommend, to_markdown
 from src.errors import UserError
-from src.evaluation import evaluate
+from src.cli import evaluate_command as evaluate
 from src.metrics.bootstrap import bootstrap_interval, mean_statistic, paired_difference_interval
 from src.metrics.image import fid_from_features, fid_statistic
 from src.metrics.text import corpus_bleu_statistic

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from src.datamodules import cleaning
+from src.dataio import cleaning
 from src.datamodules.amazon import AmazonTitlesDataModule
-from src.datamodules.records import load_jsonl_records, skip_counts
+from src.dataio.records import load_jsonl_records, skip_counts
 from src.errors import UserError
 from src.pretrained.tiny import tiny_t5
-from tests.conftest import ROOT
+from tests.conftest import ROOT, connect, texts
 
 SAMPLE = [str(ROOT / "data/samples/amazon/trn.json"), str(ROOT / "data/samples/amazon/tst.json")]
 
@@ -36,8 +36,8 @@ BAD = ['{"uid": "x1", "title": "Cut off', json.dumps({"uid": "x2", "title": None
 
 
 def make_dm(tmp_path, tokenizer, files, **kwargs):
-    return AmazonTitlesDataModule(train_file=files[0], test_file=files[1] if len(files) > 1 else None,
-                                  tokenizer=tokenizer, cache_dir=str(tmp_path / "ds"), **kwargs)
+    return connect(AmazonTitlesDataModule(train_file=files[0], test_file=files[1] if len(files) > 1 else None,
+                                          cache_dir=str(tmp_path / "ds"), **kwargs), tokenizer)
 
 
 def test_bad_records_are_skipped_and_counted(tmp_path):
@@ -126,8 +126,9 @@ def test_prompt_template_and_cleaning_reach_the_model_inputs(tmp_path, tokenizer
     dm = make_dm(tmp_path, tokenizer, SAMPLE, prompt_template="Describe: {title} =>")
     dm.setup()
     row = dm.splits["train"][0]
-    assert row["source"].startswith("Describe: ") and row["source"].endswith(" =>")
-    assert "<" not in row["target"] and "&amp;" not in row["target"] and "  " not in row["target"]
+    source, target = texts(row)
+    assert source.startswith("Describe: ") and source.endswith(" =>")
+    assert "<" not in target and "&amp;" not in target and "  " not in target
     assert tokenizer.decode(row["input_ids"], skip_special_tokens=True).startswith("Describe:")
 
 

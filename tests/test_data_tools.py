@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from src.datamodules.amazon import AmazonTitlesDataModule
-from src.datamodules.cleaning import clean_text
-from src.datamodules.records import load_jsonl_records, skip_counts
+from src.dataio.cleaning import clean_text
+from src.dataio.records import load_jsonl_records, skip_counts
 from src.datatools.plots import length_histogram, word_cloud
 from src.datatools.prepare import to_markdown
 from src.datatools.stats import record_stats

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 
 from src.errors import UserError
 from src.metrics.image import ImageGenerationMetrics
-from src.runtime import build_model_and_data
+from src.building import build_model_and_data
 from tests.conftest import compose_config, read_json, run_cli
 
 QUICK_SHOES = ["experiment=quickstart_shoes", "logger=csv", "trainer.enable_progress_bar=false", "data.batch_size=4"]
@@ -128,7 +128,7 @@ def test_exported_lora_evaluates_and_must_match_the_lora_config(shoes_run, tmp_p
 
 
 def test_resolution_must_fit_the_vae_and_unet(cache_dir, tmp_path):
-    cfg = compose_config("train", [*QUICK_SHOES, "data.resolution=36"], tmp_path)
+    cfg = compose_config("train", [*QUICK_SHOES, "model.resolution=36"], tmp_path)
     with pytest.raises(UserError, match="resolution 36 is not a multiple of 8"):
         build_model_and_data(cfg)
 

@@ -22,9 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.pretrained.architecture import meta_model
+from src.families.registry import FAMILIES
 from src.serving.registry import ModelRegistry
 from tests.conftest import ROOT, preloaded_cli, read_json, run_cli
+
+
+def meta_model(family: str, pretrained: str):
+    return FAMILIES.get(family).meta_model(pretrained)
 
 # the filter: peft calls a deprecated transformers method inside the plain-peft check
 pytestmark = [pytest.mark.slow,
@@ -74,7 +78,7 @@ DRY_RUNS = {
     "shoes_sd15": DryRun(
         "shoes_sd15", "diffusion", "stable-diffusion-v1-5/stable-diffusion-v1-5", "random_sd",
         [SAMPLES / "shoes" / "train" / "metadata.jsonl", SAMPLES / "shoes" / "prompts.txt"],
-        ["data.resolution=64", "data.limit_train_samples=5", "data.limit_val_prompts=2", "data.eval_batch_size=2",
+        ["model.resolution=64", "data.limit_train_samples=5", "data.limit_val_prompts=2", "data.eval_batch_size=2",
          "model.generation.num_inference_steps=2", "trainer.max_steps=4", "val_every_n_steps=3",
          "model.metrics.feature_extractor.kind=tiny", "+model.metrics.feature_extractor.num_features=64",
          "model.metrics.clip_model=null"]),

@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
 
 from src.errors import UserError
-from src.runtime import build_model_and_data, instantiate_group
+from src.building import build_model_and_data
+from src.instantiation import instantiate_group
 from tests.conftest import compose_config
 
 SMALL = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.max_steps=2", "data.limit_train_samples=8",

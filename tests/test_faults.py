@@ -14,7 +14,7 @@ import torch
 
 from src.atomic import atomic_write_bytes, atomic_write_text
 from src.callbacks.checkpointing import AtomicCheckpointIO
-from src.callbacks.run_report import write_json
+from src.outputs import write_json
 from src.errors import UserError
 from src.resume_check import check_resume_checkpoint
 from tests.conftest import QUICK, ROOT, compose_config, read_json, run_cli

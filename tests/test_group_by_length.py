@@ -76,13 +76,13 @@ def test_text_datamodules_group_their_training_batches(tmp_path, cache_dir, data
     from hydra.utils import instantiate
     from transformers import AutoTokenizer
 
-    from tests.conftest import compose_config
+    from tests.conftest import compose_config, connect
 
     def train_batches(grouped: bool) -> list[dict]:
         cfg = compose_config("train", ["model=tiny_t5", f"data={data}", f"data.group_by_length={grouped}"],
                              tmp_path)
         tokenizer = AutoTokenizer.from_pretrained(instantiate(cfg.model.pretrained))
-        dm = instantiate(cfg.data, tokenizer=tokenizer)
+        dm = connect(instantiate(cfg.data), tokenizer)
         dm.setup("fit")
         return list(dm.train_dataloader())
 

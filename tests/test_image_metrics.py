@@ -11,8 +11,9 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
 from src.errors import UserError
-from src.metrics.image import (ImageGenerationMetrics, TinyFeatureExtractor, build_feature_extractor, clip_scores,
-                              inception_status)
+from src.metrics import inception
+from src.metrics.image import ImageGenerationMetrics, TinyFeatureExtractor, build_feature_extractor, clip_scores
+from src.metrics.inception import inception_status
 from src.pretrained.tiny_clip import tiny_clip
 
 PROMPTS = ["a red running shoe", "a black leather boot", "a blue sneaker with white laces", "a golden sun card"]
@@ -376,13 +377,11 @@ def closed_port_url() -> str:
 
 
 def test_inception_status_asks_the_url_with_head_only(fidelity, local_server, monkeypatch):
-    import src.metrics.image as image
-
     base, requests = local_server
-    monkeypatch.setattr(image, "INCEPTION_URL", f"{base}/release/weights.pth")
+    monkeypatch.setattr(inception, "INCEPTION_URL", f"{base}/release/weights.pth")
     assert inception_status(None) is None
     assert requests == [("HEAD", "/release/weights.pth"), ("HEAD", "/objects/weights.pth")]  # no download
-    monkeypatch.setattr(image, "INCEPTION_URL", f"{base}/gone.pth")
+    monkeypatch.setattr(inception, "INCEPTION_URL", f"{base}/gone.pth")
     assert inception_status(None) == ("the InceptionV3 weights for FID/KID could not be downloaded (HTTP 404 Not "
                                       f"Found) — set model.metrics.feature_extractor.weights_path to a local copy of "
                                       f"weights-inception-2015-12-05-6726825d.pth (from {base}/gone.pth) or use "
@@ -390,9 +389,7 @@ def test_inception_status_asks_the_url_with_head_only(fidelity, local_server, mo
 
 
 def test_inception_status_offline(fidelity, tmp_path, monkeypatch):
-    import src.metrics.image as image
-
-    monkeypatch.setattr(image, "INCEPTION_URL", closed_port_url())
+    monkeypatch.setattr(inception, "INCEPTION_URL", closed_port_url())
     status = inception_status(None)
     assert status.startswith("the InceptionV3 weights for FID/KID could not be downloaded (") and "\n" not in status
     assert "refused" in status and status.endswith("kind=tiny")
@@ -422,12 +419,10 @@ def test_inception_status_names_the_other_problems(fidelity, tmp_path, monkeypat
 
 # -- CLIP score alone ---------------------------------------------------------------------------------------
 def test_clip_only_builds_no_feature_extractor_and_computes_clip_alone(clip_dir, monkeypatch):
-    import src.metrics.image as image
-
     def never(*args, **kwargs):
         raise AssertionError("FID/KID machinery built for a CLIP-only metric")
 
-    monkeypatch.setattr(image, "_torchmetrics_image", never)
+    monkeypatch.setattr(inception, "build_inception", never)
     m = ImageGenerationMetrics(feature_extractor=never, clip_model=clip_dir, include=["clip"])
     assert m.extractor is None and m.fid is None and m.kid is None
     m.set_real_images(noise(8, seed=0))  # nothing to keep: no FID

@@ -17,7 +17,7 @@ from rouge_score import rouge_scorer
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from src.datamodules.cleaning import clean_text
+from src.dataio.cleaning import clean_text
 from src.metrics.image import ImageGenerationMetrics, fid_from_features, fid_statistic
 from src.metrics.text import TextGenerationMetrics, corpus_bleu_statistic, sentence_rouge_l
 

@@ -3,9 +3,9 @@
 import pytest
 from omegaconf import open_dict
 
-import src.runtime
+import src.building
 from src.errors import UserError
-from src.runtime import build_model_and_data
+from src.building import build_model_and_data
 from tests.conftest import ROOT, compose_config, run_cli
 
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_"))
@@ -30,7 +30,7 @@ def no_loading(monkeypatch):
     def refuse(node, **kwargs):
         raise ModelLoading(node.get("_target_"))
 
-    monkeypatch.setattr(src.runtime, "instantiate_config", refuse)
+    monkeypatch.setattr(src.building, "instantiate_config", refuse)
 
 
 def test_every_config_has_a_stated_kind():

@@ -15,7 +15,7 @@ from src.datamodules.pairs import PairsDataModule
 from src.errors import UserError
 from src.modality import check_model_fits_data
 from src.pretrained.tiny import tiny_gpt2, tiny_t5
-from tests.conftest import QUICK, ROOT, compose_config, read_json, run_cli
+from tests.conftest import QUICK, ROOT, compose_config, connect, read_json, run_cli, texts
 
 SAMPLE = ROOT / "data/samples/pairs/qa.csv"
 AMAZON = [str(ROOT / "data/samples/amazon/trn.json"), str(ROOT / "data/samples/amazon/tst.json")]
@@ -57,16 +57,23 @@ def every_format(tmp_path, records):
             tmp_path / "builder"]
 
 
-def make_dm(tmp_path, tokenizer=None, **kwargs):
-    return PairsDataModule(tokenizer=tokenizer, cache_dir=str(tmp_path / "ds"), max_source_length=48,
-                           max_target_length=32, **kwargs)
+def make_dm(tmp_path, tokenizer=None, family="seq2seq", **kwargs):
+    dm = PairsDataModule(cache_dir=str(tmp_path / "ds"), max_source_length=48, max_target_length=32, **kwargs)
+    return connect(dm, tokenizer, family) if tokenizer is not None else dm
+
+
+def load_pairs(dm) -> dict[str, list]:
+    """The usable samples as uid / source / target columns (a one-turn sample's prompt and reference)."""
+    samples = dm.load_samples()
+    pairs = [texts(row) for row in samples]
+    return {"uid": samples["uid"], "source": [p for p, _ in pairs], "target": [t for _, t in pairs]}
 
 
 def test_every_input_format_gives_the_same_pairs(tmp_path):
     results = {}
     for path in every_format(tmp_path, RECORDS):
         dm = make_dm(tmp_path, data_file=str(path), columns=COLUMNS, prompt_template="Q: {question}\nA:")
-        pairs = dm.load_pairs()
+        pairs = load_pairs(dm)
         results[path.name] = (pairs["uid"], pairs["source"], pairs["target"], dm.skipped())
     expected = results["qa.jsonl"]
     assert expected[1][0] == "Q: What is item 0?\nA:" and expected[2][0] == "Item 0 is a thing &more."
@@ -78,7 +85,7 @@ def test_csv_cells_are_read_as_the_text_they_hold(tmp_path):
     rows = [{"question": "Price?", "answer": "3.50"}, {"question": "None", "answer": "NA"}, {"question": "x", "answer": ""}]
     path = write_csv(tmp_path / "t.csv", rows)
     dm = make_dm(tmp_path, data_file=str(path), columns={"source": "question", "target": "answer"})
-    pairs = dm.load_pairs()
+    pairs = load_pairs(dm)
     assert list(zip(pairs["source"], pairs["target"])) == [("Price?", "3.50"), ("None", "NA")]
     assert pairs["uid"] == ["t.csv:1", "t.csv:2"] and dm.skipped() == {"empty:answer": 1}
 
@@ -89,7 +96,7 @@ def test_a_column_mapping_error_is_one_line_naming_the_columns(tmp_path, suffix)
     path = (write_csv if suffix == ".csv" else write_jsonl)(tmp_path / f"qa{suffix}", records)
     dm = make_dm(tmp_path, data_file=str(path), columns={"source": "question", "target": "answer"})
     with pytest.raises(UserError) as err:
-        dm.load_pairs()
+        load_pairs(dm)
     assert str(err.value) == (f"data.columns.source='question' is not a column of {path}; columns are: prompt, answer "
                               "— set data.columns.source to one of them")
 
@@ -108,33 +115,33 @@ def test_config_mistakes_are_one_line(tmp_path):
     ]
     for kwargs, message in cases:
         with pytest.raises(UserError, match=message) as err:
-            make_dm(tmp_path, **kwargs).load_pairs()
+            make_dm(tmp_path, **kwargs).load_samples()
         assert "\n" not in str(err.value)
     missing = make_dm(tmp_path, data_file=str(tmp_path / "nope.csv"), columns=COLUMNS)
     with pytest.raises(UserError, match="data file not found: .*nope.csv — set data.data_file"):
-        missing.load_pairs()
+        missing.load_samples()
     datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS[:6]),
                           "validation": datasets.Dataset.from_list(RECORDS[6:])}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(UserError, match=r"holds the splits \['train', 'validation'\]: name it as data.train_file"):
-        make_dm(tmp_path, data_file=str(tmp_path / "dd"), columns=COLUMNS).load_pairs()
+        make_dm(tmp_path, data_file=str(tmp_path / "dd"), columns=COLUMNS).load_samples()
     both = make_dm(tmp_path, train_file=str(tmp_path / "dd"), val_file=str(tmp_path / "dd"), columns=COLUMNS)
-    assert len(both.split(both.load_pairs())["val"]) == 7  # a directory's own splits, picked by name
+    assert len(both.split(both.load_samples())["val"]) == 7  # a directory's own splits, picked by name
 
 
 def test_malformed_json_is_skipped_and_counted_or_stops_the_run(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps(RECORDS[0]) + "\n{\"qid\": \"cut\n" + json.dumps(RECORDS[1]) + "\n", encoding="utf-8")
     dm = make_dm(tmp_path, data_file=str(path), columns=COLUMNS)
-    assert len(dm.load_pairs()) == 2 and dm.skipped() == {"invalid_json": 1}
+    assert len(dm.load_samples()) == 2 and dm.skipped() == {"invalid_json": 1}
     with pytest.raises(UserError, match=r"qa\.jsonl:2: bad record \(invalid JSON\)"):
-        make_dm(tmp_path, data_file=str(path), columns=COLUMNS, on_bad_record="error").load_pairs()
+        make_dm(tmp_path, data_file=str(path), columns=COLUMNS, on_bad_record="error").load_samples()
 
 
 def test_seeded_split_is_stratified_by_group_and_deterministic(tmp_path):
     def splits(seed):
         dm = make_dm(tmp_path, data_file=str(SAMPLE), seed=seed,
                      columns={"source": "question", "target": "answer", "group": "topic"})
-        parts = dm.split(dm.load_pairs())
+        parts = dm.split(dm.load_samples())
         names = parts["train"].features["group"].names
         return {k: Counter(names[g] for g in v["group"]) for k, v in parts.items()}, {k: v["uid"] for k, v in
                                                                                        parts.items()}
@@ -160,7 +167,7 @@ def test_split_files_keep_the_first_200_validation_records_in_every_run(tmp_path
     for seed in (1, 2):
         cfg = compose_config("train", ["experiment=description_workflow", f"paths.data_dir={data_dir}",
                                        f"paths.cache_dir={tmp_path / 'cache'}", f"seed={seed}"], tmp_path)
-        dm = instantiate(cfg.data, tokenizer=t5_tokenizer)
+        dm = connect(instantiate(cfg.data), t5_tokenizer)
         dm.setup()
         assert {k: len(v) for k, v in dm.splits.items()} == {"train": 150, "val": 200, "test": 20}
         val_uids.append(sorted(dm.splits["val"]["uid"]))
@@ -169,7 +176,7 @@ def test_split_files_keep_the_first_200_validation_records_in_every_run(tmp_path
 
 def test_causal_family_reads_pairs(tmp_path, cache_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2(str(cache_dir / "models"), [str(SAMPLE)]))
-    dm = make_dm(tmp_path, tokenizer, encoding="causal", data_file=str(SAMPLE), batch_size=4,
+    dm = make_dm(tmp_path, tokenizer, family="causal", data_file=str(SAMPLE), batch_size=4,
                  columns={"source": "question", "target": "answer"}, prompt_template="Question: {source}\nAnswer:")
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
@@ -188,7 +195,7 @@ def test_amazon_is_data_pairs_with_its_columns(tmp_path):
     pairs = make_dm(tmp_path, data_file=AMAZON, prompt_template=DEFAULT_PROMPT,
                     columns={"source": "title", "target": "content", "id": "uid"})
     assert isinstance(amazon, PairsDataModule)
-    assert amazon.load_pairs().to_list() == pairs.load_pairs().to_list()
+    assert amazon.load_samples().to_list() == pairs.load_samples().to_list()
     assert amazon.skipped() == pairs.skipped() == {"empty:content": 2, "duplicate": 2}
 
 

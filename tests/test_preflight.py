@@ -120,13 +120,14 @@ def test_config_mistakes_are_problems_whatever_the_machine(cache_dir, tmp_path):
 
 
 def test_large_files_are_read_through_a_bounded_sample(cache_dir, tmp_path, monkeypatch):
+    from src.families.seq2seq import SEQ2SEQ
     from src.preflight import data as preflight_data
 
     cfg = compose_config("train", ["experiment=quickstart"], tmp_path)
-    full = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
+    full = preflight_data.plan_text_data(cfg, SEQ2SEQ, "unused/not-on-this-machine")
     monkeypatch.setattr(preflight_data, "SAMPLE_BYTES", 10_000)
     monkeypatch.setattr(preflight_data, "SAMPLE_RECORDS", 100)
-    sampled = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
+    sampled = preflight_data.plan_text_data(cfg, SEQ2SEQ, "unused/not-on-this-machine")
     assert full["sampled"] is None and full["records_read"] == 602
     assert "first 100 records" in sampled["sampled"]
     # 200 of 602 lines read, scaled by file size: the estimate lands near the true count
@@ -138,6 +139,7 @@ def test_a_large_json_array_is_sampled_by_its_first_items(cache_dir, tmp_path, m
     """A byte or line head of a JSON array would be a truncated array, which the reader refuses."""
     import json
 
+    from src.families.seq2seq import SEQ2SEQ
     from src.preflight import data as preflight_data
 
     cfg = compose_config("train", ["experiment=quickstart"], tmp_path)
@@ -147,7 +149,7 @@ def test_a_large_json_array_is_sampled_by_its_first_items(cache_dir, tmp_path, m
     cfg.data.train_file = str(array)
     monkeypatch.setattr(preflight_data, "SAMPLE_BYTES", 10_000)
     monkeypatch.setattr(preflight_data, "SAMPLE_RECORDS", 100)
-    sampled = preflight_data.plan_text_data(cfg, "seq2seq", "unused/not-on-this-machine")
+    sampled = preflight_data.plan_text_data(cfg, SEQ2SEQ, "unused/not-on-this-machine")
     assert "first 100 records" in sampled["sampled"]
     assert abs(sampled["records_read"] - 602) / 602 < 0.25
 
@@ -197,7 +199,7 @@ def test_meta_measurement_equals_the_same_steps_on_real_tensors(family, model, c
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from src.preflight.memory import measure_training
-    from src.pretrained.architecture import meta_model
+    from src.families.registry import FAMILIES
 
     directory = instantiate(compose_config("train", [f"model={model}"], tmp_path).model.pretrained)
     auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
@@ -210,7 +212,7 @@ def test_meta_measurement_equals_the_same_steps_on_real_tensors(family, model, c
         ids = torch.ones(4, 40, dtype=torch.long, device=device)
         return measure_training(model, lambda: model(input_ids=ids, labels=ids).loss)
 
-    meta = meta_model(family, directory)
+    meta = FAMILIES.get(family).meta_model(directory)
     meta.set_attn_implementation("eager")
     on_meta = measured(meta, "meta")
     on_cpu = measured(auto.from_pretrained(directory, attn_implementation="eager"), "cpu")
@@ -263,10 +265,10 @@ def test_quantized_weights_count_tied_embeddings_once(cache_dir, tmp_path, monke
 
 
 def test_clip_only_metrics_need_no_inception(cache_dir, tmp_path):
-    from src.preflight.checks import image_metrics
+    from src.families.diffusion import DIFFUSION
 
     cfg = compose_config("train", ["experiment=shoes_sd15", "model.metrics.feature_extractor.weights_path=/nowhere.pth"],
                          tmp_path)
-    assert any("InceptionV3" in w or "/nowhere.pth" in w for w in image_metrics(cfg.model))
+    assert any("InceptionV3" in w or "/nowhere.pth" in w for w in DIFFUSION.preflight_warnings(cfg.model))
     cfg.model.metrics.include = ["clip"]
-    assert not any("InceptionV3" in w or "/nowhere.pth" in w for w in image_metrics(cfg.model))
+    assert not any("InceptionV3" in w or "/nowhere.pth" in w for w in DIFFUSION.preflight_warnings(cfg.model))

@@ -8,9 +8,9 @@ import sys
 import pyarrow as pa
 import pytest
 
-from src.datamodules import records
-from src.datamodules.cleaning import WHITESPACE, clean_column, clean_text, word_count, word_count_column
-from src.datamodules.records import load_jsonl_records, skip_counts
+from src.dataio import records
+from src.dataio.cleaning import WHITESPACE, clean_column, clean_text, word_count, word_count_column
+from src.dataio.records import load_jsonl_records, skip_counts
 from src.errors import UserError
 
 PIECES = list("ab C!?,;:.-=*_~#&<>/\t\n\r\x00\x0b\x1c\x85\xa0\u200b\u2028\u3000\ufeff\u00ad…ﬁＷéß½") + [

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from src.datamodules.sampling import ResumableShuffle, resumable_loader
-from tests.conftest import ROOT, cli_env, read_json, run_cli
+from tests.conftest import ROOT, cli_env, connect, read_json, run_cli
 from tests.preloaded_cli import PreloadedCli
 
 # -- the training order --------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_text_training_order_ignores_the_global_rng(tmp_path, cache_dir):
     tokenizer_dir = instantiate(cfg.model.pretrained)
     from transformers import AutoTokenizer
 
-    dm = instantiate(cfg.data, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))
+    dm = connect(instantiate(cfg.data), AutoTokenizer.from_pretrained(tokenizer_dir))
     dm.setup("fit")
     orders = []
     for seed in (0, 1):

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from src.comparison.report import BootstrapSettings, Evaluated, build_report, to_markdown
 from src.comparison.retrieval import NearestTrainingTarget, tokenize
-from src.evaluation import evaluate
+from src.cli import evaluate_command as evaluate
 from src.metrics.bootstrap import mean_statistic
 from src.metrics.text import sentence_rouge_l, unicode_normalizer
 from src.runtime import run_task

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from src.runtime import build_model_and_data
+from src.building import build_model_and_data
 from tests.conftest import QUICK, ROOT, compose_config, read_json, run_cli
 
 # one epoch over 40 records in batches of 4, two batches per optimizer step: 10 batches, 5 steps, no validation

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf, open_dict
 from src.distributed import NoSplitModulesPolicy, eval_sampler
 from src.errors import UserError
 from src.resolvers import cuda_mixed_precision
-from src.runtime import build_model_and_data, check_hardware, check_trainer_config
-from tests.conftest import QUICK, ROOT, compose_config, read_json, run_cli
+from src.building import build_model_and_data
+from src.runtime import check_hardware, check_trainer_config
+from tests.conftest import QUICK, ROOT, compose_config, connect, read_json, run_cli
 
 QUICKSTARTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("quickstart*.yaml"))
 LAUNCHERS = {"slurm": "SlurmLauncher", "submitit_slurm": "SlurmLauncher", "parallel": "JoblibLauncher",
@@ -161,7 +162,7 @@ def test_eval_shards_cover_every_sample_exactly_once(cache_dir, tmp_path):
 def test_prompt_shards_and_too_few_samples(tmp_path):
     cfg = compose_config("train", ["experiment=quickstart_shoes", "+data.limit_val_prompts=5"], tmp_path)
     from hydra.utils import instantiate
-    data = instantiate(cfg.data)
+    data = connect(instantiate(cfg.data), family="diffusion", resolution=cfg.model.resolution)
     data.setup("fit")
     shards = []
     for rank in range(2):

@@ -35,6 +35,7 @@ from src.serving.app import create_app
 from src.serving.images import ImageStore
 from src.serving.loading import LoadedModel, ModelBusy, ModelCache
 from src.serving.registry import ModelEntry, ModelRegistry
+from src.conversation import one_turn, prompt_text
 from src.targets import EvalTarget
 from tests.conftest import ROOT, compose_config, read_json
 
@@ -353,11 +354,11 @@ class FakeText:
     def __init__(self, gate: threading.Event | None = None):
         self.gate, self.started = gate, threading.Event()
 
-    def prompt_batch(self, sources):
-        return {"sources": sources}
+    def prompt_batch(self, requests):
+        return {"sources": [prompt_text(r) for r in requests]}
 
-    def format_source(self, title):
-        return f"Title: {title}"
+    def request(self, title):
+        return one_turn(f"Title: {title}")
 
     def generate_texts(self, batch, settings):
         self.started.set()
@@ -379,8 +380,9 @@ def fake_entry(name: str, kind: str = "text") -> ModelEntry:
 
 
 def fake_loaded(module) -> LoadedModel:
-    return LoadedModel(module, module if isinstance(module, FakeText) else None,
-                       "text" if isinstance(module, FakeText) else "image", False, torch.device("cpu"))
+    text = isinstance(module, FakeText)
+    return LoadedModel(module, "text" if text else "image", False, torch.device("cpu"),
+                       format=module if text else None, encoder=module if text else None)
 
 
 def fake_app(tmp_path: Path, modules: dict, max_loaded: int = 2, max_saved: int = 100, load=None, **options):

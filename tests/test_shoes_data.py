@@ -10,7 +10,7 @@ from PIL import Image
 
 from src.datamodules.shoes import DEFAULT_PROMPTS, ShoeImagesDataModule
 from src.errors import UserError
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, connect
 
 RED, BLUE, WHITE, BLACK = (255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
@@ -37,9 +37,9 @@ def make_folder(path, names, metadata=None, image=None):
     return path
 
 
-def make_dm(data_dir, **kwargs):
-    kwargs = {"real_dir": None, "resolution": 16, "batch_size": 4, "encoding": "diffusion", **kwargs}
-    dm = ShoeImagesDataModule(data_dir=str(data_dir), **kwargs)
+def make_dm(data_dir, resolution=16, **kwargs):
+    kwargs = {"real_dir": None, "batch_size": 4, **kwargs}
+    dm = connect(ShoeImagesDataModule(data_dir=str(data_dir), **kwargs), family="diffusion", resolution=resolution)
     dm.prepare_data()
     dm.setup()
     return dm
@@ -203,17 +203,22 @@ def test_missing_folders_are_one_line_errors(tmp_path):
         make_dm(make_folder(tmp_path / "empty", []))
 
 
-def test_a_text_model_gets_the_one_line_modality_error(tmp_path):
+def test_images_are_read_at_the_models_resolution_and_a_different_data_resolution_is_one_line(tmp_path):
+    data = make_folder(tmp_path / "train", [f"s{i}.png" for i in range(5)])
+    assert next(iter(make_dm(data, resolution=24).train_dataloader()))["pixel_values"].shape[-1] == 24
     with pytest.raises(UserError) as err:
-        ShoeImagesDataModule(data_dir=str(tmp_path), tokenizer=object(), encoding="seq2seq")
-    assert str(err.value) == ("data=shoes is an image dataset but the model is a text model (encoding 'seq2seq') "
-                              "— use model=tiny_sd or model=sd15")
-    ShoeImagesDataModule(data_dir=str(tmp_path), tokenizer=object(), encoding="diffusion")  # accepted
+        connect(ShoeImagesDataModule(data_dir=str(data), resolution=32), family="diffusion", resolution=64)
+    assert str(err.value) == ("data.resolution=32 but model.resolution=64: the images are read at the model's "
+                              "resolution — set model.resolution, and leave data.resolution=null")
+    connect(ShoeImagesDataModule(data_dir=str(data), resolution=64), family="diffusion", resolution=64)  # runs saved
+    # before the model owned the resolution set both to the same value
+    with pytest.raises(RuntimeError, match="not connected to a model"):
+        ShoeImagesDataModule(data_dir=str(data)).setup()
 
 
 def test_bundled_sample_through_the_config(tmp_path):
     cfg = compose_config("train", ["data=shoes"], tmp_path)
-    dm = instantiate(cfg.data, tokenizer=None, encoding="diffusion")
+    dm = connect(instantiate(cfg.data), family="diffusion", resolution=64)
     assert isinstance(dm, ShoeImagesDataModule) and dm.hparams.seed == cfg.seed
     dm.prepare_data()
     dm.setup("fit")

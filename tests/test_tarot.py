@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from src.datamodules.tarot import MAJOR_ARCANA, TarotDataModule
 from src.errors import UserError
 from src.pretrained.tiny import tiny_t5
-from tests.conftest import ROOT, QUICK, read_json, run_cli
+from tests.conftest import ROOT, QUICK, connect, read_json, run_cli, texts
 
 SAMPLE = ROOT / "data/samples/tarot/readings.jsonl"
 
@@ -23,8 +23,8 @@ def tokenizer(cache_dir):
 
 
 def make_dm(tmp_path, tokenizer, data_file, **kwargs):
-    return TarotDataModule(data_file=str(data_file), tokenizer=tokenizer, cache_dir=str(tmp_path / "ds"),
-                           max_source_length=64, max_target_length=64, **kwargs)
+    return connect(TarotDataModule(data_file=str(data_file), cache_dir=str(tmp_path / "ds"), max_source_length=64,
+                                   max_target_length=64, **kwargs), tokenizer)
 
 
 def test_bundled_sample_covers_all_cards_in_portuguese():
@@ -70,9 +70,9 @@ def test_cleaning_and_unknown_cards_are_reported(tmp_path, tokenizer):
     assert report["records"] == 155 and report["skipped"] == {"unknown_card": 2, "empty:reading": 1}
     all_rows = [r for s in ("train", "val") for r in dm.splits[s]]
     forca = next(r for r in all_rows if r["uid"] == "a1")
-    assert "Carta: A Força\nPergunta: Amor?" in forca["source"]  # canonical name, question kept
+    assert "Carta: A Força\nPergunta: Amor?" in texts(forca)[0]  # canonical name, question kept
     r0 = next(r for r in all_rows if r["uid"] == "r0")
-    assert r0["target"] == "Leitura 0 sobre O Louco." and "Pergunta: Leitura geral" in r0["source"]
+    assert texts(r0)[1] == "Leitura 0 sobre O Louco." and "Pergunta: Leitura geral" in texts(r0)[0]
 
 
 def test_too_few_readings_to_stratify_is_a_user_error(tmp_path, tokenizer):

@@ -185,7 +185,7 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(cache_dir, tmp_path):
 
 
 def test_seq2seq_evaluation_encodes_once_and_matches_separate_loss_and_generation(cache_dir, tmp_path):
-    from src.runtime import build_model_and_data
+    from src.building import build_model_and_data
 
     cfg = compose_config("train", [*QUICK, "data.eval_batch_size=8", "model.generation.num_beams=2"], tmp_path)
     module, datamodule = build_model_and_data(cfg)

@@ -3,7 +3,6 @@
 
 import json
 import logging
-import math
 import os
 import platform
 import socket
@@ -22,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.atomic import atomic_write_json, remove_orphan_temp_files
+from src.outputs import to_builtin, write_json
 from src.callbacks.run_start import GB, describe_device, device_facts, effective_batch
 from src.distributed import is_spawning_parent
 from src.errors import NonFiniteLossError
@@ -30,25 +30,12 @@ log = logging.getLogger(__name__)
 
 RUNNING_MARKER = ".lorafit_running"  # in the run directory from fit start to the report's last write
 
-def to_builtin(value: Any) -> Any:
-    """Tensors and numbers to JSON-friendly floats (NaN/inf to None)."""
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def batch_size_of(batch: Any) -> int:
     """Samples in a dict batch: the length of its first tensor or list."""
     for value in (batch.values() if isinstance(batch, dict) else [batch]):
         if isinstance(value, (torch.Tensor, list, tuple)):
             return len(value)
     return 1
-
-
-def write_json(path: str | Path, payload: dict) -> None:
-    atomic_write_json(path, payload)  # a kill mid-write keeps the previous report whole
 
 
 def utc_now() -> str:
@@ -92,7 +79,9 @@ def software() -> dict[str, Any]:
 def sequence_limits(datamodule: Any) -> dict[str, Any]:
     """The input sizes the data was cut to: token lengths for text, the image side for diffusion."""
     hparams = getattr(datamodule, "hparams", {}) or {}
-    return {k: hparams[k] for k in ("max_source_length", "max_target_length", "resolution") if k in hparams}
+    limits = {k: hparams[k] for k in ("max_source_length", "max_target_length", "max_length") if hparams.get(k)}
+    resolution = getattr(datamodule, "resolution", None)  # the model's, connected to image data
+    return {**limits, **({"resolution": resolution} if resolution else {})}
 
 
 def flops_estimate(parameters: int, tokens: int | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import logging
 import sys
 
 import lightning as L
+from src.runtime import ignore_library_warnings
 
 HYDRA_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -19,8 +20,6 @@ class WorkerLogging(L.Callback):
         self.log_file, self.fmt = log_file, fmt
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from src.runtime import ignore_library_warnings
-
         ignore_library_warnings()  # a spawned process starts without the run's warning filters
         root = logging.getLogger()
         if root.handlers or trainer.global_rank != 0:

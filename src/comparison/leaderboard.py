@@ -11,10 +11,15 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks.run_report import write_json
+from src.building import build_model_and_data
+from src.comparison.checkpoints import checkpoint_step
 from src.comparison.report import build_report, finite, fmt
+from src.comparison.retrieval import sweep_reference
+from src.comparison.rows import bootstrap_settings, evaluate_row, write_report
 from src.errors import UserError
-from src.targets import best_checkpoint_of, run_dir_of
+from src.outputs import write_json
+from src.runtime import check_hardware
+from src.targets import best_checkpoint_of, run_dir_of, state_dict_of, with_run_config
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,6 @@ def leaderboard(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
     board = {"sweep": str(sweep_dir), "monitor": ranked[0]["monitor"], "mode": ranked[0]["mode"],
              "axes": axes, "runs": ranked}
     if cfg.get("retrieval", True):
-        from src.comparison.retrieval import sweep_reference
-
         board["retrieval"] = sweep_reference(cfg, ranked, board["monitor"], out)
         if "score" in board["retrieval"]:
             board["retrieval"]["beaten_by"] = beaten_by(ranked, board["retrieval"]["score"], board["mode"])
@@ -107,19 +110,13 @@ def leaderboard(cfg: DictConfig, sweep_dir: Path) -> dict[str, Any]:
 
 def reevaluate(cfg: DictConfig, ranked: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Each run's best checkpoint on this command's split, with its own config; intervals against the best."""
-    from src.comparison.checkpoints import checkpoint_step
-    from src.comparison.runner import bootstrap_settings, evaluate_row, write_report
-    from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
-    from src.runtime import build_model_and_data, check_hardware
-    from src.targets import with_run_config
-
     rows, monitor, mode = [], None, None
     for run in (r for r in ranked if r["rank"] is not None):
         run_cfg = with_run_config(cfg, Path(run["run_dir"]))
         check_hardware(run_cfg)
         L.seed_everything(run_cfg.seed, workers=True)
         module, datamodule = build_model_and_data(run_cfg)  # runs may differ in model settings: one build each
-        module.load_state_dict(trainable_state_from_checkpoint(run["best_checkpoint"]))
+        module.load_state_dict(state_dict_of(run["best_checkpoint"]))
         path = Path(run["best_checkpoint"])
         rows.append(evaluate_row(run_cfg, module, datamodule, out / "reevaluated", f"run-{run['run']}",
                                  step=checkpoint_step(path), path=str(path)))

@@ -13,7 +13,7 @@ from typing import Any
 
 from src.errors import UserError
 from src.metrics.bootstrap import Statistic, bootstrap_interval, paired_difference_interval
-from src.modules.base import DIRECTIONS
+from src.metrics.directions import MONITORABLE, direction
 
 STABLE_FID_IMAGES = 2048  # InceptionV3's feature dimension: fewer images give a singular covariance there
 BEST, WITHIN_NOISE, WORSE = "best", "within noise of the best", "worse than the best"
@@ -54,11 +54,6 @@ class BootstrapSettings:
     def for_metric(self, metric: str) -> dict[str, Any]:
         n = self.fid_n_resamples if metric == "fid" else self.n_resamples
         return {"n_resamples": int(n), "confidence": float(self.confidence), "seed": int(self.seed)}
-
-
-def direction(metric: str) -> str | None:
-    """"max" or "min" for known metrics (clip_min/clip_max are CLIP scores: higher is better)."""
-    return DIRECTIONS.get(metric) or ("max" if metric.startswith("clip") else None)
 
 
 def finite(value: Any) -> bool:
@@ -380,7 +375,7 @@ def to_markdown(report: dict[str, Any], plot: str | None = None) -> str:
               f"{report['selected_by']} versus the recommended checkpoint (below): \"{WITHIN_NOISE}\" when it "
               f"contains zero, \"{WORSE}\" when it excludes zero on the worse side (\"{BETTER}\" on the better side, "
               "for the base model and retrieval).", ""]
-    changed = [m for m in metrics if m in DIRECTIONS]
+    changed = [m for m in metrics if m in MONITORABLE]
     if changed:
         with_previous = any(r.get("previous") for r in report["rows"])  # a sweep's runs are no curve
         headers = [h for m in changed for h in ([f"{m} Δ vs previous"] if with_previous else []) + [f"{m} Δ vs best"]]

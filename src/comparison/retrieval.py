@@ -1,10 +1,11 @@
 """A retrieval baseline: for each evaluated input, the target of the most similar training input.
 
 What a fine-tuned model must beat to be worth its training: copying the description of the nearest training
-title. The index is rank-bm25's BM25+ over the training split's inputs *as the datamodule formats them* (the
-``source`` column: the prompt the model sees, e.g. "Given a product title ... Title: <title> Description:"), built
-once. That column is what every text dataset has (tarot's input is a card and a question, not a title), and the
-evaluated rows carry the same text as their ``input``, so the query and the index are formatted alike. The
+title. The index is rank-bm25's BM25+ over the training split's inputs *as the datamodule formats them* (each
+sample's prompt as one text, ``src.conversation.prompt_text``: what the model is asked, e.g. "Given a product
+title ... Title: <title> Description:"), built once. Every text dataset has one (tarot's input is a card and a
+question, not a title), and the evaluated rows carry the same text as their ``input``, so the query and the index
+are formatted alike. The
 template's words are in every training input: BM25+'s idf, log((N + 1) / n), gives them almost no weight
 (BM25-Okapi in rank-bm25 floors such idfs at a fraction of the mean idf, which turns negative on small training
 splits, where sharing a word then lowers a score).
@@ -22,7 +23,6 @@ training inputs (``retrieval=false`` leaves the baseline out).
 (0, 1, 0)
 """
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -31,12 +31,19 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from rank_bm25 import BM25Plus
 
-from src.callbacks.run_report import to_builtin, write_json
+from src.building import data_with_tokenizer
 from src.comparison.report import Evaluated, fmt
 from src.comparison.samples import text_samples
+from src.conversation import prompt_text, reference
 from src.errors import UserError
+from src.evaluation import check_split
+from src.families.registry import FAMILIES
 from src.metrics.text import TextGenerationMetrics, sentence_rouge_l, unicode_normalizer
+from src.outputs import to_builtin, write_json, write_jsonl
+from src.targets import run_dir_of, with_run_config
+from src.trust import read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +68,6 @@ class NearestTrainingTarget:
     def __init__(self, sources: Sequence[str], targets: Sequence[str], uids: Sequence[str] | None = None):
         if len(sources) != len(targets) or not len(sources):
             raise ValueError(f"need as many training targets as inputs, at least one: {len(sources)}, {len(targets)}")
-        try:
-            from rank_bm25 import BM25Plus
-        except ImportError:
-            raise UserError("the retrieval baseline needs the rank-bm25 package — pip install rank-bm25 (or "
-                            'pip install -e .), or leave the baseline out with retrieval=false') from None
         started = time.perf_counter()
         self.index = BM25Plus([tokenize(s) for s in sources])
         self.sources, self.targets, self.uids = sources, targets, uids
@@ -98,18 +100,23 @@ class NearestTrainingTarget:
         return {"method": METHOD, "training_inputs": len(self)}
 
 
+def _texts(part) -> list[dict]:
+    """``uid``, ``source`` (the prompt as one text) and ``target`` (the reference) of each sample of a split."""
+    part = part.select_columns(["uid", "messages"])
+    return [{"uid": uid, "source": prompt_text(messages), "target": reference(messages)}
+            for uid, messages in zip(part["uid"], part["messages"])]
+
+
 def training_index(datamodule) -> NearestTrainingTarget:
     """The index over a set-up text datamodule's training split."""
-    train = datamodule.splits["train"].select_columns(["uid", "source", "target"])
-    return NearestTrainingTarget(train["source"], train["target"], train["uid"])
+    train = _texts(datamodule.splits["train"])
+    return NearestTrainingTarget([r["source"] for r in train], [r["target"] for r in train], [r["uid"] for r in train])
 
 
 def evaluated_rows(datamodule, split: str) -> list[dict]:
     """The evaluated split's ``uid``, ``source``, ``target`` in the order its evaluation loader yields them on one
     process (so the row pairs with the checkpoints' rows sample by sample)."""
-    part = datamodule.splits[split].select_columns(["uid", "source", "target"])
-    return [dict(zip(("uid", "source", "target"), values)) for values in zip(part["uid"], part["source"],
-                                                                             part["target"])]
+    return _texts(datamodule.splits[split])
 
 
 def score(predictions: list[dict], split: str) -> dict[str, float]:
@@ -126,8 +133,7 @@ def write_retrieval(directory: Path, metrics: dict[str, float], predictions: lis
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / "metrics.json", {"metrics": metrics, "evaluated": {
         "kind": RETRIEVAL, "path": None, **evaluated, "samples": len(predictions), "model": None}})
-    with open(directory / "predictions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    write_jsonl(directory / "predictions.jsonl", predictions)
 
 
 def retrieval_row(datamodule, split: str, out: Path, index: NearestTrainingTarget | None = None) -> Evaluated:
@@ -144,28 +150,15 @@ def retrieval_row(datamodule, split: str, out: Path, index: NearestTrainingTarge
 
 
 # -- a text datamodule without the model --------------------------------------------------------------------
-def model_encoding(cfg: DictConfig) -> str | None:
-    """The model family (``seq2seq``, ``causal``, ``diffusion``) its ``_target_`` class declares."""
-    from hydra.utils import get_class
-
-    try:
-        return getattr(get_class(str(cfg.model._target_)), "encoding", None)
-    except Exception:  # an unimportable target: instantiation reports it
-        return None
+def has_text_targets(cfg: DictConfig) -> bool:
+    """Whether the run's model family produces texts (the baseline copies text targets)."""
+    return FAMILIES.of_config(cfg.model).kind == "text"
 
 
 def text_datamodule(cfg: DictConfig):
     """The run's datamodule, set up with the model's tokenizer but without loading the model's weights: the
     tokenizer decides the evaluation order (length-sorted), so the samples come in the checkpoints' order."""
-    from src.modality import check_model_fits_data
-    from src.pretrained.loading import load_tokenizer
-    from src.runtime import instantiate_config
-
-    check_model_fits_data(cfg)
-    pretrained = cfg.model.pretrained
-    if isinstance(pretrained, DictConfig):  # a tiny model built (once) from a config: its directory
-        pretrained = instantiate_config(pretrained)
-    datamodule = instantiate_config(cfg.data, tokenizer=load_tokenizer(str(pretrained)), encoding=model_encoding(cfg))
+    datamodule = data_with_tokenizer(cfg)
     datamodule.prepare_data()
     datamodule.setup("validate")
     return datamodule
@@ -174,11 +167,7 @@ def text_datamodule(cfg: DictConfig):
 # -- evaluate.py ckpt=retrieval config_from=<run> -----------------------------------------------------------
 def evaluate_retrieval(cfg: DictConfig) -> dict[str, float]:
     """The retrieval baseline alone on a run's data (``split``), written like a checkpoint evaluation."""
-    from src.evaluation import SPLITS
-    from src.targets import run_dir_of, with_run_config
-
-    if cfg.split not in SPLITS:
-        raise UserError(f"split={cfg.split} must be one of {SPLITS}")
+    check_split(cfg)
     if cfg.get("compare") is not None:
         raise UserError("compare=all compares a run's checkpoints; ckpt=retrieval is the retrieval baseline alone — "
                         "drop compare=all, or pass ckpt=<run directory> compare=all (its report has a retrieval row)")
@@ -190,7 +179,7 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, float]:
         raise UserError(f"config_from={cfg.config_from} is not a run directory (no .hydra/config.yaml) — pass the "
                         "directory train.py wrote")
     cfg = with_run_config(cfg, run_dir)
-    if model_encoding(cfg) == "diffusion":
+    if not has_text_targets(cfg):
         raise UserError(f"{run_dir} is an image run: the retrieval baseline copies text targets — use it on a text "
                         "run (model=tiny_t5, flan_t5, ptt5, tiny_gpt2, dialogpt)")
     datamodule = text_datamodule(cfg)
@@ -209,9 +198,6 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, float]:
 def data_of(cfg: DictConfig, run_dir: Path) -> dict | None:
     """A run's data config resolved against this command (its seed included: it decides the split); None when
     the run's config has no model and data or does not resolve."""
-    from src.targets import with_run_config
-    from src.trust import read_run_config
-
     try:
         if not {"model", "data"} <= set(read_run_config(run_dir)):
             return None
@@ -227,8 +213,6 @@ def sweep_reference(cfg: DictConfig, runs: list[dict], monitor: str, out: Path) 
     """Retrieval's score on the sweep's monitored metric (``val/<metric>``: the split every run's best score is
     from), computed once: ``{"metric", "score", "metrics", "training_inputs", "samples"}``, or ``{"note"}`` saying
     why there is none."""
-    from src.targets import with_run_config
-
     split, _, key = monitor.partition("/")
     scored = [r for r in runs if r["rank"] is not None]
     data = [data_of(cfg, Path(r["run_dir"])) for r in scored]
@@ -240,7 +224,7 @@ def sweep_reference(cfg: DictConfig, runs: list[dict], monitor: str, out: Path) 
         return {"note": "no retrieval line: the runs of this sweep do not share data (data."
                         f"{', data.'.join(differing)} differ), so no one baseline scores against all of them"}
     run_cfg = with_run_config(cfg, Path(scored[0]["run_dir"]))
-    if model_encoding(run_cfg) == "diffusion":
+    if not has_text_targets(run_cfg):
         return {"note": "no retrieval line: " + IMAGE_NOTE.removeprefix("no retrieval row: ")}
     if key not in ("rougeL", "bleu"):
         return {"note": f"no retrieval line: the runs are ranked by {monitor}, which retrieval has no value for "

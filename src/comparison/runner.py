@@ -14,21 +14,19 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks.run_report import write_json
+from src.building import build_model_and_data
 from src.comparison.checkpoints import list_checkpoints
-from src.comparison.plots import plot_metrics_by_step
-from src.comparison.report import BootstrapSettings, Evaluated, build_report, fmt, to_markdown
+from src.comparison.leaderboard import is_sweep_dir, leaderboard
+from src.comparison.report import Evaluated, build_report
 from src.comparison.retrieval import IMAGE_NOTE, retrieval_row, training_index
-from src.comparison.samples import SIDE_BY_SIDE, per_sample, side_by_side
+from src.comparison.rows import PLOT, bootstrap_settings, evaluate_row, write_report
+from src.comparison.samples import SIDE_BY_SIDE, side_by_side
 from src.errors import UserError
-from src.evaluation import run_evaluation, write_evaluation
-from src.modules.adapter_checkpoint import trainable_state_from_checkpoint
-from src.runtime import build_model_and_data, check_hardware
-from src.targets import run_dir_of, with_run_config
+from src.families.registry import FAMILIES
+from src.runtime import check_hardware
+from src.targets import run_dir_of, state_dict_of, with_run_config
 
 log = logging.getLogger(__name__)
-
-PLOT = "metrics_by_step.png"
 
 
 def compare(cfg: DictConfig) -> dict[str, Any]:
@@ -42,37 +40,12 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(f"ckpt={cfg.ckpt} does not exist — pass a run directory (logs/train/runs/<time>) or a "
                         "multirun sweep directory (logs/train/multiruns/<time>)")
-    from src.comparison.leaderboard import is_sweep_dir, leaderboard
-
     if is_sweep_dir(path):
         return leaderboard(cfg, path)
     if run_dir_of(path) is None:
         raise UserError(f"{path} is neither a run directory (no .hydra/config.yaml) nor a multirun sweep directory "
                         "— pass the directory train.py wrote")
     return compare_checkpoints(cfg, path)
-
-
-def bootstrap_settings(cfg: DictConfig) -> BootstrapSettings:
-    settings = BootstrapSettings(**OmegaConf.to_container(cfg.get("bootstrap") or {}))
-    if settings.n_resamples < 1 or settings.fid_n_resamples < 1 or not 0 < settings.confidence < 1:
-        raise UserError("bootstrap.n_resamples and bootstrap.fid_n_resamples must be ≥ 1 and bootstrap.confidence "
-                        f"in (0, 1), got {settings}")
-    return settings
-
-
-def evaluate_row(cfg: DictConfig, module, datamodule, out: Path, name: str, *, step: int | None = None,
-                 path: str | None = None, baseline: bool = False) -> Evaluated:
-    """One pass with the module's current weights; its metrics and predictions go to ``out/name``."""
-    metrics = run_evaluation(cfg, module, datamodule, as_base=baseline)
-    write_evaluation(out / name, metrics, module, {"kind": "base" if baseline else "checkpoint", "path": path,
-                                                   "step": step, "split": cfg.split})
-    samples = per_sample(module)
-    prefix = f"{cfg.split}/"
-    scores = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
-    log.info("%s%s: %s", name, "" if step is None else f" (step {step})",
-             " | ".join(f"{k} {fmt(v)}" for k, v in scores.items()))
-    return Evaluated(name, step, scores, samples.statistics, samples.sample_ids, path, baseline, name,
-                     samples.fid_samples, samples.texts)
 
 
 def kept_checkpoints_note(run_dir: Path, monitor: str) -> list[str]:
@@ -101,14 +74,6 @@ def write_side_by_side(out: Path, rows: list[Evaluated], report: dict[str, Any])
     report["side_by_side"] = SIDE_BY_SIDE
 
 
-def write_report(out: Path, report: dict[str, Any], plot: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    if plot:
-        plot_metrics_by_step(report, out / PLOT)
-    write_json(out / "report.json", report)
-    (out / "report.md").write_text(to_markdown(report, PLOT if plot else None), encoding="utf-8")
-
-
 def compare_checkpoints(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoints = list_checkpoints(run_dir)
     settings = bootstrap_settings(cfg)
@@ -119,19 +84,20 @@ def compare_checkpoints(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     notes = kept_checkpoints_note(run_dir, module.monitor)
 
+    text_outputs = FAMILIES.get(module.family_name).kind == "text"  # a base row and retrieval compare texts
     rows = []
     if cfg.get("baseline", True):
-        if module.encoding == "diffusion":
+        if not text_outputs:
             notes.append("no base-model row: baseline=true adds one for text runs only")
         else:
             rows.append(evaluate_row(cfg, module, datamodule, out, "base", baseline=True))
     for checkpoint in checkpoints:
-        module.load_state_dict(trainable_state_from_checkpoint(str(checkpoint.path)))
+        module.load_state_dict(state_dict_of(str(checkpoint.path)))
         rows.append(evaluate_row(cfg, module, datamodule, out, checkpoint.name, step=checkpoint.step,
                                  path=str(checkpoint.path)))
     retrieval = None
     if cfg.get("retrieval", True):
-        if module.encoding == "diffusion":
+        if not text_outputs:
             notes.append(IMAGE_NOTE)
         else:  # after the passes: the datamodule is set up and the samples are in the passes' order
             index = training_index(datamodule)

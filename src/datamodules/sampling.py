@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from src.errors import UserError
 
@@ -57,8 +58,6 @@ class ResumableShuffle(DistributedSampler):
         if self.lengths is None:
             order = torch.randperm(self.size, generator=g).tolist()
         else:  # grouped across all processes' batches of a step, so that every process's batch is grouped
-            from transformers.trainer_pt_utils import get_length_grouped_indices
-
             order = get_length_grouped_indices(self.lengths, self.batch_size * self.num_replicas, generator=g)
         items = list(zip(order, torch.randint(2**31 - 1, (self.size,), generator=g).tolist())) \
             if self.item_seeds else order

@@ -160,25 +160,21 @@ class ShoeImagesDataModule(L.LightningDataModule):
     Train batches: ``{"pixel_values": float [B,3,R,R] in [-1,1], "caption": list[str]}``.
     Val/test batches: ``{"prompt": list[str], "seed": list[int]}``.
     ``real_dir=None`` holds out the last 20% of the training listing (by file name) as real images.
-    ``tokenizer`` is accepted for the framework's uniform call and not used (the model tokenizes
-    captions); ``cache_dir`` likewise (images are read straight from disk).
+    Images are read at the model's resolution, which the family gives by ``connect`` (``model.resolution``);
+    ``resolution`` here may only repeat it (runs saved before the model owned it set both). ``cache_dir`` is
+    accepted and unused (images are read straight from disk).
     """
 
-    encodings = ("diffusion",)  # the model families this data feeds (src/modality.py checks it first)
+    sample_kind = "image"  # captioned images: what image families train on (src/modality.py checks it first)
 
     def __init__(self, data_dir: str, real_dir: str | None = None, prompts_file: str | None = None,
-                 resolution: int = 64, center_crop: bool = True, random_flip: bool = True,
+                 resolution: int | None = None, center_crop: bool = True, random_flip: bool = True,
                  caption_template: str = "a photo of {name}", batch_size: int = 4, eval_batch_size: int = 4,
                  num_workers: int = 0, seed: int = 42, limit_train_samples: int | None = None,
-                 limit_val_prompts: int | None = None, tokenizer=None, encoding: str | None = None,
-                 cache_dir: str | None = None):
+                 limit_val_prompts: int | None = None, cache_dir: str | None = None):
         super().__init__()
-        if encoding is not None and encoding != "diffusion":
-            raise UserError(f"data=shoes is an image dataset but the model is a text model (encoding {encoding!r}) "
-                            "— use model=tiny_sd or model=sd15")
-        if resolution < 8:
-            raise UserError(f"data.resolution={resolution}: use at least 8 (64 for tiny_sd, 512 for sd15)")
-        self.save_hyperparameters(ignore=["tokenizer"], logger=False)
+        self.save_hyperparameters(logger=False)
+        self.resolution: int | None = None
         self.data_dir = Path(data_dir)
         self.real_dir = Path(real_dir) if real_dir else None
         self.prompts_file = Path(prompts_file) if prompts_file else None
@@ -186,6 +182,21 @@ class ShoeImagesDataModule(L.LightningDataModule):
         self.real_paths: list[Path] = []
         self.prompts: list[str] = []
         self._real: torch.Tensor | None = None
+
+    def connect(self, resolution: int) -> None:
+        """The side, in pixels, the model trains and generates at."""
+        given = self.hparams.resolution
+        if given is not None and int(given) != int(resolution):
+            raise UserError(f"data.resolution={given} but model.resolution={resolution}: the images are read at the "
+                            "model's resolution — set model.resolution, and leave data.resolution=null")
+        if resolution < 8:
+            raise UserError(f"model.resolution={resolution}: use at least 8 (64 for tiny_sd, 512 for sd15)")
+        self.resolution = int(resolution)
+
+    def _resolution(self) -> int:
+        if self.resolution is None:
+            raise RuntimeError("the datamodule is not connected to a model: call family.connect(datamodule, ...)")
+        return self.resolution
 
     # -- listing -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -247,12 +258,12 @@ class ShoeImagesDataModule(L.LightningDataModule):
         self.prompts = self._read_prompts()[:hp.limit_val_prompts]
         self.train_items = items
         log.info("shoe images: %d training, %d real, %d prompts, %dx%d", len(items), len(self.real_paths),
-                 len(self.prompts), hp.resolution, hp.resolution)
+                 len(self.prompts), self._resolution(), self._resolution())
 
     # -- loaders -----------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        data = CaptionedImages(self.train_items, hp.resolution, hp.center_crop, hp.random_flip, hp.seed)
+        data = CaptionedImages(self.train_items, self._resolution(), hp.center_crop, hp.random_flip, hp.seed)
         # an order and augmentation seeds from (seed, epoch) that a resumed run replays, sharded under ddp
         return resumable_loader(data, hp.batch_size, hp.seed, self.trainer, item_seeds=True,
                                 num_workers=hp.num_workers, collate_fn=collate_images,
@@ -274,10 +285,10 @@ class ShoeImagesDataModule(L.LightningDataModule):
         """uint8 [N,3,R,R]: the held-out real images (resized, center-cropped, never flipped), read once."""
         if self._real is None:
             self.setup()
-            self._real = torch.stack([load_image(p, self.hparams.resolution) for p in self.real_paths])
+            self._real = torch.stack([load_image(p, self._resolution()) for p in self.real_paths])
         return self._real
 
     def report(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "train_images": len(self.train_items or []),
                 "real_images": len(self.real_paths), "real_source": str(self.real_dir or "held out from training"),
-                "prompts": len(self.prompts), "resolution": self.hparams.resolution}
+                "prompts": len(self.prompts), "resolution": self.resolution}

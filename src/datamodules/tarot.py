@@ -1,48 +1,24 @@
 """Portuguese tarot readings: card (+ optional question) → reading, split stratified by card."""
 
 import logging
-import unicodedata
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow.compute as pc
 
-from src.datamodules.pairs import check_columns, read_table
-from src.datamodules.records import skip_counts, value_counts, with_skip_reason
-from src.datamodules.text_pairs import TextPairDataModule
-from src.errors import UserError
+from src.conversation import MESSAGES_FEATURE, reference
+from src.dataio.records import skip_counts, value_counts, with_skip_reason
+from src.dataio.tables import check_columns, read_table
+from src.datamodules.formats import CANONICAL, MAJOR_ARCANA, TarotFormat, card_key
+from src.datamodules.text import TextDataModule
 
 log = logging.getLogger(__name__)
 
-MAJOR_ARCANA = (
-    "O Louco", "O Mago", "A Sacerdotisa", "A Imperatriz", "O Imperador", "O Hierofante", "Os Enamorados",
-    "O Carro", "A Força", "O Eremita", "A Roda da Fortuna", "A Justiça", "O Enforcado", "A Morte", "A Temperança",
-    "O Diabo", "A Torre", "A Estrela", "A Lua", "O Sol", "O Julgamento", "O Mundo",
-)
 DEFAULT_PROMPT = "Faça uma leitura de tarô.\nCarta: {card}\nPergunta: {question}\nLeitura:"
 
 
-def card_key(name: str) -> str:
-    """Case-, accent- and space-insensitive key, so "a forca" and "A Força" are the same card.
-
-    >>> card_key("  A   FORÇA ") == card_key("a forca")
-    True
-    """
-    decomposed = unicodedata.normalize("NFKD", name.casefold())
-    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
-
-
-CANONICAL = {card_key(name): name for name in MAJOR_ARCANA}
-
-
-def reading_prompt(template: str, card: str, question: str, default_question: str) -> str:
-    """The model input for a card and question (training, evaluation and serving all format it here)."""
-    return template.format(card=card, question=question or default_question)
-
-
-class TarotDataModule(TextPairDataModule):
+class TarotDataModule(TextDataModule):
     """Readings from JSON, JSON lines, CSV, Parquet or a datasets directory (read like ``data=pairs`` reads
     them); ``columns`` maps this module's fields to the file's.
 
@@ -58,8 +34,7 @@ class TarotDataModule(TextPairDataModule):
                  val_fraction: float = 0.15, test_fraction: float = 0.0, **kwargs):
         columns = dict(columns or {})  # plain dict before save_hyperparameters records it (checkpoints load it)
         super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
-        if "{card}" not in prompt_template:
-            raise UserError("data.prompt_template must contain '{card}'")
+        self.format = TarotFormat(prompt_template, default_question)
         self.data_file = Path(data_file)
         self.columns = {"id": "id", "card": "card", "question": "question", "reading": "reading", **columns}
         self.prompt_template = prompt_template
@@ -102,27 +77,18 @@ class TarotDataModule(TextPairDataModule):
     def unknown_cards(self) -> dict[str, int]:
         return value_counts(with_skip_reason(self.checked, "unknown_card"), "card")
 
-    def format_source(self, text: str) -> str:
-        """``"<card>"`` or ``"<card>: <question>"`` (any case, accents optional) as the model sees it."""
-        card, _, question = text.partition(":")
-        canonical = CANONICAL.get(card_key(card))
-        if canonical is None:
-            raise UserError(f"unknown card {card.strip()!r}: type one of the 22 Major Arcana (e.g. 'A Torre'), "
-                            "optionally followed by ': <question>'")
-        return reading_prompt(self.prompt_template, canonical, " ".join(question.split()), self.default_question)
+    def load_samples(self) -> datasets.Dataset:
+        record_format = self.format
 
-    def load_pairs(self) -> datasets.Dataset:
-        template, default_question = self.prompt_template, self.default_question
+        def to_samples(batch: dict[str, list]) -> dict[str, list]:
+            return {"messages": record_format.samples(batch["canonical_card"], batch["question"], batch["reading"]),
+                    "card": batch["canonical_card"]}
 
-        def to_pair(batch: dict[str, list]) -> dict[str, list]:
-            return {"source": [reading_prompt(template, c, q, default_question)
-                               for c, q in zip(batch["canonical_card"], batch["question"])],
-                    "target": batch["reading"], "card": batch["canonical_card"]}
-
-        pairs = with_skip_reason(self.checked).map(
-            to_pair, batched=True, remove_columns=["canonical_card", "skip_reason", "question", "reading"],
-            desc="apply prompt template")
-        return pairs.cast_column("card", datasets.ClassLabel(names=list(MAJOR_ARCANA)))
+        checked = with_skip_reason(self.checked)
+        features = datasets.Features({"uid": checked.features["uid"], "messages": MESSAGES_FEATURE,
+                                      "card": datasets.ClassLabel(names=list(MAJOR_ARCANA))})
+        return checked.map(to_samples, batched=True, features=features, desc="make conversations",
+                           remove_columns=["card", "canonical_card", "skip_reason", "question", "reading"])
 
     def setup(self, stage: str | None = None) -> None:
         first_time = not self.splits
@@ -142,7 +108,7 @@ class TarotDataModule(TextPairDataModule):
             counts = value_counts(self.splits[split], "card")
             per_card[split] = {names[card]: n for card, n in sorted(counts.items())}
         kept = sum(self.splits[s].num_rows for s in splits)
-        lengths = [pc.sum(pc.utf8_length(self.splits[s].with_format("arrow")["target"])).as_py() for s in splits]
+        lengths = [sum(len(reference(m)) for m in self.splits[s]["messages"]) for s in splits]
         return {"records": kept, "unique_cards": len(set().union(*per_card.values())),
                 "mean_reading_chars": round(sum(lengths) / kept, 1), "per_card": per_card,
                 "unknown_cards": self.unknown_cards()}

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from src.datamodules.records import skip_counts
+from src.dataio.records import skip_counts
 
 WORD = re.compile(r"[^\W\d_]{2,}")  # letters only, two or more: what a word cloud should show
 

@@ -29,24 +29,21 @@ published FID.
 """
 
 import contextlib
-import inspect
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import CatMetric
+from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from transformers import CLIPModel, CLIPProcessor
 
-from src.distributed import concatenate_list_states
 from src.errors import UserError
+from src.metrics.inception import build_inception
+from src.pretrained.loading import load_pretrained
 
-INCEPTION_FEATURES = (64, 192, 768, 2048)
-INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
 METRICS = ("fid", "kid", "clip")  # what ``include`` may name
 LOGGED = {"fid": ("fid",), "kid": ("kid", "kid_std"), "clip": ("clip_mean", "clip_min", "clip_max")}
@@ -106,8 +103,8 @@ def build_feature_extractor(kind: str = "inception", weights_path: str | None = 
     resizing like TensorFlow 1.x, i.e. ``antialias=False``) with ``num_features`` in 64/192/768/2048
     (default 2048). Its weights (``pt_inception-2015-12-05``, file ``weights-inception-2015-12-05-6726825d.pth``)
     come from ``weights_path`` if given, else torch-fidelity downloads them once into the torch hub cache
-    (:func:`inception_cache_file`). Needs the ``torch-fidelity`` package, which itself needs a torchvision
-    that imports beside the installed torch. :func:`inception_status` says beforehand whether this can work.
+    (``src.metrics.inception.inception_cache_file``). Needs the ``torch-fidelity`` package, which itself needs a torchvision
+    that imports beside the installed torch. ``inception_status`` says beforehand whether this can work.
     ``kind="tiny"``: :class:`TinyFeatureExtractor` (default 64 features), for tests and smoke runs.
 
     >>> build_feature_extractor("tiny").num_features
@@ -120,83 +117,6 @@ def build_feature_extractor(kind: str = "inception", weights_path: str | None = 
     return _build_feature_extractor(kind, weights_path, num_features, "model.metrics.feature_extractor.")
 
 
-def inception_cache_file() -> Path:
-    """Where torch-fidelity's download lands: ``torch.hub.load_state_dict_from_url`` keeps the URL's file name
-    under ``<torch hub dir>/checkpoints`` ($TORCH_HOME/hub, by default ~/.cache/torch/hub)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
-
-
-def inception_status(weights_path: str | None = None, timeout: float = 3.0,
-                     key: str = "model.metrics.feature_extractor.") -> str | None:
-    """None when FID/KID with InceptionV3 can run on this machine, else the one-line problem (for a preflight).
-
-    Needs torch-fidelity importable, and the weights as the local file ``weights_path``, or (``weights_path``
-    None) already in the torch hub cache or downloadable: a HEAD request to the weights URL within ``timeout``
-    seconds. Loads nothing.
-
-    >>> inception_status("/nowhere/weights.pth")  # doctest: +ELLIPSIS
-    "FID/KID with InceptionV3 need its weights file ... ('/nowhere/weights.pth' is not a file) ..."
-    """
-    if weights_path is not None and not Path(weights_path).expanduser().is_file():
-        return _missing_weights(weights_path, key, "weights_path", "kind")
-    problem = _torch_fidelity_problem(f"or {key}kind=tiny for a smoke run")
-    if problem or weights_path is not None or inception_cache_file().is_file():
-        return problem
-    reason = url_problem(INCEPTION_URL, timeout)
-    return None if reason is None else _download_failed(reason, key, "weights_path", "kind")
-
-
-def url_problem(url: str, timeout: float = 3.0) -> str | None:
-    """None when a HEAD request to ``url`` (following redirects, still as HEAD) succeeds within ``timeout``
-    seconds; else why not, in a few words."""
-    import urllib.error
-    import urllib.request
-
-    class KeepHead(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req, fp, code, msg, headers, newurl):
-            new = super().redirect_request(req, fp, code, msg, headers, newurl)
-            if new is not None:  # urllib turns a redirected HEAD into a GET (a download)
-                new.method = req.get_method()
-            return new
-
-    opener = urllib.request.build_opener(KeepHead())
-    try:
-        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return None
-    except urllib.error.HTTPError as err:
-        return None if err.code == 405 else f"HTTP {err.code} {err.reason}"  # 405: up, but no HEAD
-    except urllib.error.URLError as err:
-        return str(err.reason)
-    except OSError as err:  # a timeout while reading the response, a reset connection
-        return str(err) or type(err).__name__
-
-
-def _missing_weights(weights_path: str, key: str, weights_key: str, kind_key: str) -> str:
-    return (f"FID/KID with InceptionV3 need its weights file {INCEPTION_WEIGHTS} (pt_inception-2015-12-05, "
-            f"{INCEPTION_URL}) on this machine ('{weights_path}' is not a file) — set {key}{weights_key}=/path/to/it "
-            f"(or null to download it into the torch hub cache), or {key}{kind_key}=tiny for a smoke run")
-
-
-def _download_failed(reason: str, key: str, weights_key: str, kind_key: str) -> str:
-    return (f"the InceptionV3 weights for FID/KID could not be downloaded ({reason}) — set {key}{weights_key} to a "
-            f"local copy of {INCEPTION_WEIGHTS} (from {INCEPTION_URL}) or use {key}{kind_key}=tiny")
-
-
-def _torch_fidelity_problem(smoke: str) -> str | None:
-    """Why torchmetrics' InceptionV3 cannot be imported here, or None."""
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
-
-    if not _TORCH_FIDELITY_AVAILABLE:
-        return ("the InceptionV3 feature extractor needs the torch-fidelity package — pip install "
-                f"torch-fidelity (it needs a torchvision matching torch), {smoke}")
-    try:
-        from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: F401
-    except (ImportError, RuntimeError) as err:  # a torchvision built for another torch fails with either
-        return (f"torch-fidelity is installed but does not import ({str(err).splitlines()[0]}) — install a "
-                "torchvision matching torch (torchmetrics' FID and KID do not import without it, even with kind=tiny)")
-    return None
-
-
 def _build_feature_extractor(kind: str, weights_path: str | None, num_features: int | None, key: str,
                              weights_key: str = "weights_path", kind_key: str = "kind") -> nn.Module:
     """``key`` + ``weights_key``/``kind_key``: the config overrides named in error messages."""
@@ -205,57 +125,7 @@ def _build_feature_extractor(kind: str, weights_path: str | None, num_features: 
     if kind != "inception":
         raise UserError(f"unknown feature extractor kind '{kind}' — set {key}{kind_key} to inception "
                         "(FID/KID as published) or tiny (smoke runs)")
-    num_features = num_features or 2048
-    if num_features not in INCEPTION_FEATURES:
-        raise UserError(f"InceptionV3 gives {INCEPTION_FEATURES} features, not {num_features} — "
-                        f"set {key}num_features to one of them (2048 for published FID)")
-    if weights_path is not None and not Path(weights_path).expanduser().is_file():
-        raise UserError(_missing_weights(weights_path, key, weights_key, kind_key))
-    problem = _torch_fidelity_problem(f"or {key}{kind_key}=tiny for a smoke run")
-    if problem:
-        raise UserError(problem)
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    if weights_path is None:
-        extractor = _downloaded_inception(NoTrainInceptionV3, num_features, key, weights_key, kind_key)
-    else:
-        try:
-            extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(num_features)],
-                                           feature_extractor_weights_path=str(Path(weights_path).expanduser()),
-                                           antialias=False)
-        except (RuntimeError, OSError, ValueError, KeyError) as err:
-            raise UserError(f"cannot load InceptionV3 weights from '{weights_path}' ({str(err).splitlines()[0]}) — "
-                            f"{key}{weights_key} must be the file {INCEPTION_WEIGHTS}") from err
-    extractor.num_features = num_features
-    extractor.requires_grad_(False)
-    return extractor
-
-
-def _downloaded_inception(inception_class, num_features: int, key: str, weights_key: str, kind_key: str) -> nn.Module:
-    """torch-fidelity's own mechanism: without a weights path it loads its release URL through torch.hub,
-    which downloads once into :func:`inception_cache_file` and reads that file afterwards."""
-    import pickle
-
-    try:
-        return inception_class(name="inception-v3-compat", features_list=[str(num_features)], antialias=False)
-    except OSError as err:  # URLError, HTTPError, timeouts, SSL errors: no weights could be fetched
-        reason = getattr(err, "reason", None) or str(err).splitlines()[0] or type(err).__name__
-        raise UserError(_download_failed(str(reason), key, weights_key, kind_key)) from err
-    except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:  # a truncated cache file
-        raise UserError(f"cannot load the cached InceptionV3 weights {inception_cache_file()} "
-                        f"({str(err).splitlines()[0]}) — delete that file to download it again, or set "
-                        f"{key}{weights_key} to a local copy of {INCEPTION_WEIGHTS}") from err
-
-
-class _Features(nn.Module):
-    """What FID/KID see as their "network": the features computed once by the shared extractor."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features
+    return build_inception(weights_path, num_features, key, weights_key, kind_key)
 
 
 def _embeds(output) -> Tensor:
@@ -328,8 +198,161 @@ def _torchmetrics_image():
     return FrechetInceptionDistance, KernelInceptionDistance
 
 
+
+def frechet_distance(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> Tensor:
+    """``||μa - μb||² + tr(Σa + Σb - 2 (Σa Σb)^½)``, the trace of the square root taken from the eigenvalues of
+    ``Σa Σb`` (as torchmetrics' ``FrechetInceptionDistance`` computes it)."""
+    return ((mean_a - mean_b).square().sum(dim=-1) + cov_a.trace() + cov_b.trace()
+            - 2 * torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum(dim=-1))
+
+
+def _mean_and_cov(total: Tensor, cov_sum: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+    mean = (total / n).unsqueeze(0)
+    return mean.squeeze(0), (cov_sum - n * mean.t().mm(mean)) / (n - 1)
+
+
+class FeatureFID(Metric):
+    """FID between real and generated images' features [N, D] (float64 sums, summed across processes).
+
+    The real images' statistics survive ``reset()``: they are computed once per run, each evaluation round only
+    adds generated images. Fewer than 2 images on either side give NaN.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(**kwargs)
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_features_sum", torch.zeros(num_features, dtype=torch.double), dist_reduce_fx="sum")
+            self.add_state(f"{side}_features_cov_sum", torch.zeros(num_features, num_features, dtype=torch.double),
+                           dist_reduce_fx="sum")
+            self.add_state(f"{side}_features_num_samples", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, features: Tensor, real: bool) -> None:
+        side = "real" if real else "fake"
+        features = features.double()
+        setattr(self, f"{side}_features_sum", getattr(self, f"{side}_features_sum") + features.sum(dim=0))
+        setattr(self, f"{side}_features_cov_sum", getattr(self, f"{side}_features_cov_sum") + features.t().mm(features))
+        setattr(self, f"{side}_features_num_samples", getattr(self, f"{side}_features_num_samples") + len(features))
+
+    def compute(self) -> dict[str, Tensor]:
+        """``fid`` (float32, clamped at 0: rounding can make it a hair negative), the real statistics
+        (``real_mean``, ``real_cov``, float64) and both image counts."""
+        n_real, n_fake = self.real_features_num_samples, self.fake_features_num_samples
+        real_mean, real_cov = _mean_and_cov(self.real_features_sum, self.real_features_cov_sum, n_real)
+        fid = torch.tensor(float("nan"), device=self.real_features_sum.device)
+        if min(int(n_real), int(n_fake)) >= 2:
+            fake_mean, fake_cov = _mean_and_cov(self.fake_features_sum, self.fake_features_cov_sum, n_fake)
+            fid = frechet_distance(real_mean, real_cov, fake_mean, fake_cov).float().clamp(min=0)
+        return {"fid": fid, "real_mean": real_mean, "real_cov": real_cov, "real_count": n_real, "generated_count": n_fake}
+
+    def reset(self) -> None:
+        """Forget the generated images; the real ones stay (``reset_real`` forgets them too)."""
+        real = {name: getattr(self, name) for name in self._defaults if name.startswith("real_")}
+        super().reset()
+        for name, value in real.items():
+            setattr(self, name, value)
+
+    def reset_real(self) -> None:
+        super().reset()
+
+
+class FeatureKID(Metric):
+    """KID between real and generated images' features: the unbiased MMD² with the polynomial kernel
+    ``(xᵀy / D + 1)³``, averaged over ``subsets`` random subsets of ``subset_size`` images (clamped to the images
+    there are) drawn from their own RNG seeded by ``seed``. Features are gathered across processes; the real ones
+    survive ``reset()``."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, subsets: int = 100, subset_size: int = 1000, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.subsets, self.subset_size, self.seed = subsets, subset_size, seed
+        # "cat" gathers each list once: uneven evaluation shards cannot deadlock the sync
+        self.add_state("real_features", [], dist_reduce_fx="cat")
+        self.add_state("fake_features", [], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor, real: bool) -> None:
+        (self.real_features if real else self.fake_features).append(features)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``kid`` and ``kid_std`` over subsets (NaN with fewer than 2 images on a side), and the generated
+        images' features (``generated_features``, what bootstrap intervals resample)."""
+        real, fake = _cat(self.real_features), _cat(self.fake_features)
+        nan = torch.tensor(float("nan"), device=real.device)
+        if min(len(real), len(fake)) < 2:
+            return {"kid": nan, "kid_std": nan, "generated_features": fake}
+        size = min(self.subset_size, len(real), len(fake))
+        with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
+            torch.manual_seed(self.seed)
+            scores = torch.stack([polynomial_mmd(real[torch.randperm(len(real))[:size]],
+                                                 fake[torch.randperm(len(fake))[:size]]) for _ in range(self.subsets)])
+        return {"kid": scores.mean().float(), "kid_std": scores.std(unbiased=False).float(), "generated_features": fake}
+
+    def reset(self) -> None:
+        real = list(self.real_features)  # Metric.reset empties list states in place
+        super().reset()
+        self.real_features = real
+
+    def reset_real(self) -> None:
+        super().reset()
+
+
+def _cat(state: list[Tensor] | Tensor) -> Tensor:
+    """A list state's tensors as one (a list of per-batch tensors, or one tensor once gathered across processes)."""
+    if isinstance(state, Tensor):
+        return state
+    return dim_zero_cat(state) if state else torch.zeros(0)
+
+
+def polynomial_mmd(real: Tensor, fake: Tensor, degree: int = 3, coef: float = 1.0) -> Tensor:
+    """Unbiased MMD² of two equal-sized feature sets with the kernel ``(xᵀy / D + coef) ** degree``."""
+    gamma = 1.0 / real.shape[1]
+
+    def kernel(a: Tensor, b: Tensor) -> Tensor:
+        return (a @ b.T * gamma + coef) ** degree
+
+    k_rr, k_ff, k_rf = kernel(real, real), kernel(fake, fake), kernel(real, fake)
+    m = k_rr.shape[0]
+    within = (k_rr.sum(dim=-1) - torch.diag(k_rr)).sum() + (k_ff.sum(dim=-1) - torch.diag(k_ff)).sum()
+    return within / (m * (m - 1)) - 2 * k_rf.sum(dim=0).sum() / m**2
+
+
+class CLIPScores(Metric):
+    """Per-image CLIP scores (``clip_scores``), gathered across processes; ``compute()`` gives their mean, min and
+    max (NaN without images) and the scores themselves."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("scores", [], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor) -> None:
+        self.scores.append(scores)
+
+    def compute(self) -> dict[str, Tensor]:
+        scores = _cat(self.scores)
+        nan = torch.tensor(float("nan"), device=scores.device)
+        if not scores.numel():
+            return {"clip_mean": nan, "clip_min": nan, "clip_max": nan, "clip_scores": scores}
+        return {"clip_mean": scores.mean(), "clip_min": scores.min(), "clip_max": scores.max(), "clip_scores": scores}
+
+
+# the Metric whose ``higher_is_better`` says which way each monitorable score is better
+MONITORABLE = {"fid": FeatureFID, "kid": FeatureKID, "clip_mean": CLIPScores}
+
+
 class ImageGenerationMetrics(nn.Module):
-    """FID, KID and CLIP score of generated images against a fixed set of real images.
+    """FID, KID and CLIP score of generated images against a fixed set of real images: one feature extractor
+    shared by ``FeatureFID`` and ``FeatureKID`` (each image goes through it once), and ``CLIPScores``. Each is a
+    torchmetrics ``Metric``: its ``compute()`` gathers its own states across processes.
 
     Args:
         feature_extractor: ``"inception"``, ``"tiny"``, an ``nn.Module`` mapping uint8 [N, 3, H, W] to
@@ -355,8 +378,8 @@ class ImageGenerationMetrics(nn.Module):
     ``self.generated_features`` (for bootstrap intervals; ``reset()`` clears both). Fewer than 2 real or 2
     generated images give NaN FID/KID (with a warning) instead of an error.
 
-    Under DDP each process passes its own shard of real and generated images; the torchmetrics
-    states are gathered in ``compute()``, which every process must call.
+    Under DDP each process passes its own shard of real and generated images; ``compute()`` gathers them, so
+    every process must call it.
     """
 
     def __init__(self, feature_extractor: str | nn.Module = "inception", feature_weights_path: str | None = None,
@@ -365,41 +388,20 @@ class ImageGenerationMetrics(nn.Module):
                  include: Sequence[str] = METRICS):
         super().__init__()
         self.include = _check_include(include, clip_model)
-        self.clip = CatMetric(nan_strategy="error")
+        self.clip = CLIPScores()
         self.clip_model = clip_model if "clip" in self.include else None
         self.extractor = self.fid = self.kid = None
         if {"fid", "kid"} & set(self.include):
-            self._build_fid_kid(feature_extractor, feature_weights_path, num_features, kid_subsets, kid_subset_size)
-        self.kid_subset_size = kid_subset_size
-        self.kid_seed = kid_seed
+            self.extractor = _extractor(feature_extractor, feature_weights_path, num_features)
+            self.fid = FeatureFID(_num_features(self.extractor))
+            self.kid = FeatureKID(kid_subsets, kid_subset_size, kid_seed)
         self.batch_size = batch_size
         self.real_images_set = False
         self.clip_scores = torch.zeros(0)
         self.generated_features = torch.zeros(0)
+        self._real_statistics: tuple[Tensor, Tensor] | None = None
         self._clip_loaded: dict = {}  # a plain dict: the frozen CLIP stays out of state_dict() and parameters()
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
-
-    def _build_fid_kid(self, feature_extractor, feature_weights_path, num_features, kid_subsets, kid_subset_size):
-        """One feature extractor for both: FID and KID always run together on the same features."""
-        FID, KID = _torchmetrics_image()
-        if isinstance(feature_extractor, str):
-            feature_extractor = _build_feature_extractor(feature_extractor, feature_weights_path, num_features,
-                                                         "model.metrics.", "feature_weights_path", "feature_extractor")
-        elif not isinstance(feature_extractor, nn.Module) and callable(feature_extractor):
-            feature_extractor = feature_extractor()  # a partial build_feature_extractor from the config
-        self.extractor = feature_extractor.requires_grad_(False).eval()
-        dim = getattr(feature_extractor, "num_features", None)
-        if dim is None:
-            with torch.no_grad():
-                dim = feature_extractor(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).shape[-1]
-        features = _Features(int(dim))
-        fid_kwargs = {"antialias": False} if "antialias" in inspect.signature(FID.__init__).parameters else {}
-        self.fid = FID(feature=features, reset_real_features=False, normalize=False, **fid_kwargs)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            self.kid = KID(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
-                           reset_real_features=False, normalize=False)
-        concatenate_list_states(self.kid)  # uneven evaluation shards must not deadlock the sync
 
     @property
     def device(self) -> torch.device:
@@ -440,7 +442,8 @@ class ImageGenerationMetrics(nn.Module):
         if not self.uses_features:  # CLIP score needs no real images
             self.real_images_set = True
             return
-        self._clear_real()
+        self.fid.reset_real()
+        self.kid.reset_real()
         batches = [images] if isinstance(images, Tensor) else images
         with _full_precision(self.device):
             for batch in batches:
@@ -449,17 +452,8 @@ class ImageGenerationMetrics(nn.Module):
                     self.kid.update(features, real=True)
         self.real_images_set = True
 
-    def _clear_real(self) -> None:
-        for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
-            getattr(self.fid, name).zero_()
-        self.kid.real_features = []
-
     def _clip(self):
         if not self._clip_loaded:
-            from transformers import CLIPModel, CLIPProcessor
-
-            from src.pretrained.loading import load_pretrained
-
             model = load_pretrained(CLIPModel, self.clip_model).eval().requires_grad_(False)
             self._clip_loaded.update(model=model, processor=load_pretrained(CLIPProcessor, self.clip_model))
         model = self._clip_loaded["model"].to(self.device)
@@ -479,55 +473,25 @@ class ImageGenerationMetrics(nn.Module):
                 self.clip.update(clip_scores(model, processor, images.to(self.device), list(prompts),
                                              self.batch_size).to(self.device))
 
-    def _synced(self, metric):
-        """Gather a metric's states across processes for the duration of the block (no-op on one process)."""
-
-        @contextlib.contextmanager
-        def context():
-            metric.sync()
-            try:
-                yield
-            finally:
-                metric.unsync(should_unsync=metric._is_synced)
-
-        return context()
-
     def compute(self) -> dict[str, Tensor]:
-        nan = torch.tensor(float("nan"), device=self.device)
-        out = self._compute_fid_kid() if self.uses_features else {}
-        if self.clip_model is not None:
-            scores = self.clip.compute()
-            self.clip_scores = scores if isinstance(scores, Tensor) else torch.zeros(0, device=self.device)
-            if self.clip_scores.numel():
-                out.update(clip_mean=self.clip_scores.mean(), clip_min=self.clip_scores.min(),
-                           clip_max=self.clip_scores.max())
-            else:
-                out.update(clip_mean=nan, clip_min=nan, clip_max=nan)
-        return {k: v for k, v in out.items() if k in self.logged()}
-
-    def _compute_fid_kid(self) -> dict[str, Tensor]:
-        FID, KID = _torchmetrics_image()
-        nan = torch.tensor(float("nan"), device=self.device)
-        out = {}
-        with _full_precision(self.device), self._synced(self.fid), self._synced(self.kid):
-            n_real, n_fake = int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples)
-            self.generated_features = dim_zero_cat(self.kid.fake_features) if n_fake else torch.zeros(0)
+        out: dict[str, Tensor] = {}
+        if self.uses_features:
+            with _full_precision(self.device), warnings.catch_warnings():
+                # the real images count as an update: a round without generated images is warned about below
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                fid, kid = self.fid.compute(), self.kid.compute()
+            n_real, n_fake = int(fid["real_count"]), int(fid["generated_count"])
             if min(n_real, n_fake) < 2:
                 warnings.warn(f"FID/KID need at least 2 real and 2 generated images, got {n_real} and {n_fake}: "
                               "reporting NaN", stacklevel=2)
-                out.update(fid=nan, kid=nan, kid_std=nan)
-            else:
-                # the unwrapped computations: states are already gathered above
-                out["fid"] = FID.compute(self.fid).float().clamp(min=0)
-                self.kid.subset_size = min(self.kid_subset_size, n_real, n_fake)
-                try:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(self.kid_seed)
-                        kid, kid_std = KID.compute(self.kid)
-                finally:
-                    self.kid.subset_size = self.kid_subset_size
-                out.update(kid=kid.float(), kid_std=kid_std.float())
-        return out
+            self._real_statistics = (fid["real_mean"], fid["real_cov"])
+            self.generated_features = kid["generated_features"] if n_fake else torch.zeros(0)
+            out.update(fid=fid["fid"], kid=kid["kid"], kid_std=kid["kid_std"])
+        if self.clip_model is not None:
+            clip = self.clip.compute()
+            self.clip_scores = clip.pop("clip_scores")
+            out.update(clip)
+        return {k: v for k, v in out.items() if k in self.logged()}
 
     def reset(self) -> None:
         """Forget the generated images and CLIP scores; the real images' statistics stay."""
@@ -539,14 +503,30 @@ class ImageGenerationMetrics(nn.Module):
         self.generated_features = torch.zeros(0)
 
     def real_statistics(self) -> tuple[Tensor, Tensor]:
-        """Mean and covariance (float64) of the real images' features, as FID computes them."""
+        """Mean and covariance (float64) of the real images' features, as FID computes them (after ``compute``)."""
         if not self.uses_features:
             raise RuntimeError("no FID here: model.metrics.include has neither fid nor kid")
-        with self._synced(self.fid):
-            n = self.fid.real_features_num_samples
-            mean = (self.fid.real_features_sum / n).unsqueeze(0)
-            cov = (self.fid.real_features_cov_sum - n * mean.t().mm(mean)) / (n - 1)
-        return mean.squeeze(0).cpu(), cov.cpu()
+        if self._real_statistics is None:
+            self.compute()
+        mean, cov = self._real_statistics
+        return mean.cpu(), cov.cpu()
+
+
+def _extractor(feature_extractor, weights_path: str | None, num_features: int | None) -> nn.Module:
+    if isinstance(feature_extractor, str):
+        feature_extractor = _build_feature_extractor(feature_extractor, weights_path, num_features, "model.metrics.",
+                                                     "feature_weights_path", "feature_extractor")
+    elif not isinstance(feature_extractor, nn.Module) and callable(feature_extractor):
+        feature_extractor = feature_extractor()  # a partial build_feature_extractor from the config
+    return feature_extractor.requires_grad_(False).eval()
+
+
+def _num_features(extractor: nn.Module) -> int:
+    dim = getattr(extractor, "num_features", None)
+    if dim is None:
+        with torch.no_grad():
+            dim = extractor(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).shape[-1]
+    return int(dim)
 
 
 def _check_include(include: Sequence[str], clip_model) -> tuple[str, ...]:
@@ -571,12 +551,10 @@ def fid_from_features(real_mean: Tensor, real_cov: Tensor, features: Tensor) -> 
     >>> round(fid_from_features(mean, cov, real), 6), fid_from_features(mean, cov, real + 3) > 30
     (0.0, True)
     """
-    from torchmetrics.image.fid import _compute_fid  # the same formula as FrechetInceptionDistance.compute
-
     features = features.double()
     if len(features) < 2:
         return float("nan")
-    return max(float(_compute_fid(real_mean.double(), real_cov.double(), features.mean(0), features.T.cov())), 0.0)
+    return max(float(frechet_distance(real_mean.double(), real_cov.double(), features.mean(0), features.T.cov())), 0.0)
 
 
 def fid_statistic(real_mean: Tensor, real_cov: Tensor, features: Tensor):

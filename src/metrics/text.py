@@ -23,6 +23,7 @@ from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import ROUGEScore
 
 from src.distributed import concatenate_list_states
+from src.metrics.loss import EvalLoss
 
 _NON_WORD = re.compile(r"[\W_]+")
 # sacreBLEU's per-sentence sufficient statistics: hypothesis and reference lengths, then matched and total n-grams
@@ -105,6 +106,10 @@ class TextGenerationMetrics(MetricCollection):
 
     def __init__(self, prefix: str | None = None):
         super().__init__({"rougeL": RougeL(), "bleu": CorpusBLEU()}, prefix=prefix, compute_groups=False)
+
+
+# the Metric whose ``higher_is_better`` says which way each monitorable score is better
+MONITORABLE = {"rougeL": RougeL, "bleu": CorpusBLEU, "loss": EvalLoss}
 
 
 def sentence_rouge_l(preds: list[str], targets: list[str]) -> list[float]:

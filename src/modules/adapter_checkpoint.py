@@ -2,8 +2,6 @@
 
 from typing import Any
 
-import torch
-
 from src.errors import UserError
 
 # the checkpoint key naming what the adapter was trained as: family, base model, LoRA settings (plain values,
@@ -31,8 +29,9 @@ class TrainableStateDictMixin:
     strict_loading = False
 
     def adapter_record(self) -> dict[str, Any]:
-        """What a resumed run must share with this one (families set ``encoding``, ``pretrained``, ``lora_config``)."""
-        return {"family": self.encoding, "base": str(self.pretrained), **lora_settings(self.lora_config)}
+        """What a resumed run must share with this one (the module sets ``family_name``, ``pretrained``,
+        ``lora_config``)."""
+        return {"family": self.family_name, "base": str(self.pretrained), **lora_settings(self.lora_config)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[ADAPTER_KEY] = self.adapter_record()
@@ -66,13 +65,3 @@ class TrainableStateDictMixin:
         params = list(self.parameters())
         return {"trainable": sum(p.numel() for p in params if p.requires_grad),
                 "total": sum(p.numel() for p in params)}
-
-
-def trainable_state_from_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint file, loaded on the CPU with ``weights_only=True``."""
-    from src.trust import read_checkpoint
-
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict) — pass a .ckpt written by train.py")
-    return checkpoint["state_dict"]

@@ -2,13 +2,12 @@
 adapter-only checkpoints, the training-loss guard, and writing evaluation outputs."""
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torchmetrics import MaxMetric, MeanMetric, MinMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric, MinMetric
 
 from src.distributed import unshare_metric_states
 from src.errors import UserError
@@ -16,8 +15,6 @@ from src.modules.adapter_checkpoint import TrainableStateDictMixin
 from src.modules.guards import check_finite_loss
 
 MODES = {"max": MaxMetric, "min": MinMetric}
-# which way is better, so a monitor with the wrong mode never keeps the worst checkpoints
-DIRECTIONS = {"rougeL": "max", "bleu": "max", "clip_mean": "max", "loss": "min", "fid": "min", "kid": "min"}
 
 
 def comparable(value: Any) -> Any:
@@ -26,22 +23,31 @@ def comparable(value: Any) -> Any:
 
 
 class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
-    """A family subclass sets ``encoding`` and ``metric_names`` (what ``monitor`` may name), builds
-    its model, and implements ``export_adapter``, ``load_adapter``, ``adapters_disabled`` and ``report``."""
+    """What every family's LightningModule shares. A family's module sets ``family_name`` (the registry's name,
+    ``src/families/names.py``) and ``monitorable`` (the scores ``monitor`` may name, each with the torchmetrics
+    ``Metric`` whose ``higher_is_better`` says which way is better), builds its model, and implements
+    the methods below that raise ``NotImplementedError``: ``training_step``, ``eval_step`` and
+    ``finish_eval_round`` (Lightning's validation and test hooks call them), ``export_adapter``, ``load_adapter``
+    and ``adapters_disabled``; ``start_eval_round`` and ``extra_report`` are optional."""
 
-    encoding: str = ""
-    metric_names: tuple[str, ...] = ()
+    family_name: str = ""
+    monitorable: dict[str, type[Metric]] = {}
 
-    def __init__(self, optimizer, scheduler=None, monitor: str = "", mode: str = "max"):
+    def __init__(self, pretrained: str, lora, optimizer, scheduler=None, generation: dict | None = None,
+                 monitor: str = "", mode: str = "max"):
         super().__init__()
         if mode not in MODES:
             raise UserError(f"model.mode={mode!r} must be 'max' or 'min'")
         stage, _, name = monitor.partition("/")
-        if stage != "val" or name not in self.metric_names:
-            raise UserError(f"model.monitor={monitor!r}: use one of " + ", ".join(f"val/{m}" for m in self.metric_names))
-        if DIRECTIONS[name] != mode:
-            raise UserError(f"model.monitor={monitor} is better when {'higher' if DIRECTIONS[name] == 'max' else 'lower'}"
-                            f" — set model.mode={DIRECTIONS[name]}")
+        if stage != "val" or name not in self.monitorable:
+            raise UserError(f"model.monitor={monitor!r}: use one of " + ", ".join(f"val/{m}" for m in self.monitorable))
+        better = "max" if self.monitorable[name].higher_is_better else "min"
+        if better != mode:
+            raise UserError(f"model.monitor={monitor} is better when {'higher' if better == 'max' else 'lower'}"
+                            f" — set model.mode={better}")
+        self.pretrained = str(pretrained)
+        self.lora_config = lora
+        self.generation = dict(generation or {})
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.monitor, self.mode = monitor, mode
@@ -53,6 +59,9 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
         unshare_metric_states(self)  # runs in each process, after ddp_spawn has shared the module's tensors
 
     # -- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        raise NotImplementedError
+
     def log_train_loss(self, loss: torch.Tensor) -> None:
         check_finite_loss(self, loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -94,11 +103,35 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
                 setattr(self.train_loss, name, value.to(self.train_loss.device))
             self.train_loss._update_count = 1
 
-    # -- evaluation ----------------------------------------------------------------------------------
-    def _on_eval_epoch_start(self) -> None:
+    # -- evaluation: Lightning's validation and test hooks, one round per epoch --------------------------
+    def start_eval_round(self, stage: str) -> None:
+        """Before a validation or test round (``stage`` is "val" or "test")."""
         self.predictions = []
 
-    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
+    def eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def finish_eval_round(self, stage: str) -> None:
+        """Compute, log (``log_scores``) and reset the round's metrics."""
+        raise NotImplementedError
+
+    def on_validation_epoch_start(self) -> None:
+        self.start_eval_round("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.start_eval_round("test")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.eval_step("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.finish_eval_round("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_eval_round("test")
 
     def log_scores(self, stage: str, scores: dict[str, torch.Tensor]) -> None:
         """Log ``<stage>/<name>`` and, while fitting, ``<monitor>_best``."""
@@ -118,7 +151,7 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
     def report(self) -> dict[str, Any]:
         """The model section of the run report; families add theirs in ``extra_report``."""
         lora = self.lora_config
-        return {"family": self.encoding, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
+        return {"family": self.family_name, "base": self.pretrained, "monitor": self.monitor, "mode": self.mode,
                 "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                          "target_modules": comparable(lora.target_modules)},
                 "parameters": self.count_parameters(), "generation": self.generation, **self.extra_report()}
@@ -126,8 +159,15 @@ class LoRAModuleBase(TrainableStateDictMixin, L.LightningModule):
     def extra_report(self) -> dict[str, Any]:
         return {}
 
-    @contextmanager
-    def adapters_disabled(self):
-        """Run as the base model (for ``evaluate.py ckpt=base``)."""
+    # -- adapters ------------------------------------------------------------------------------------
+    def export_adapter(self, directory: str) -> None:
+        """The adapter in its ecosystem's format (a PEFT directory, a diffusers LoRA file)."""
         raise NotImplementedError
-        yield
+
+    def load_adapter(self, directory: str) -> None:
+        """An exported adapter's weights into this module (its LoRA settings must match)."""
+        raise NotImplementedError
+
+    def adapters_disabled(self):
+        """A context in which the module runs as its base model (``evaluate.py ckpt=base``)."""
+        raise NotImplementedError

@@ -5,13 +5,14 @@ from typing import Any
 from peft import TaskType
 from transformers import AutoModelForCausalLM
 
+from src.families import names
 from src.modules.text_lora import TextLoRAModule
 
 
 class CausalLoRAModule(TextLoRAModule):
     auto_class = AutoModelForCausalLM
     task_type = TaskType.CAUSAL_LM
-    encoding = "causal"
+    family_name = names.CAUSAL
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -19,8 +19,11 @@ from PIL import Image
 from transformers import CLIPTextModel
 
 from src.errors import UserError
+from src.metrics.image import MONITORABLE
 from src.modules.attention import set_attention
+from src.families import names
 from src.modules.base import LoRAModuleBase, comparable
+from src.modules.lora import lora_unet
 from src.pretrained.loading import load_pretrained, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,22 +47,21 @@ class DiffusionLoRAModule(LoRAModuleBase):
     predict the noise (or the velocity), MSE — optionally Min-SNR weighted.
     """
 
-    encoding = "diffusion"
-    metric_names = ("fid", "kid", "clip_mean")
+    family_name = names.DIFFUSION
+    monitorable = MONITORABLE
 
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, metrics, scheduler=None,
                  generation: dict | None = None, resolution: int = 512, prediction_type: str | None = None,
                  snr_gamma: float | None = None, noise_offset: float = 0.0, monitor: str = "val/fid",
                  mode: str = "min", gradient_checkpointing: bool = False, attention: str = "sdpa",
                  image_grid_columns: int = 4, enable_xformers: bool | None = None):
-        super().__init__(optimizer, scheduler, monitor, mode)
-        if hasattr(metrics, "check_monitor"):  # model.metrics.include=[clip] has no val/fid to monitor
+        super().__init__(pretrained, lora, optimizer, scheduler,
+                         {"num_inference_steps": 30, "guidance_scale": 7.5, **(generation or {})}, monitor, mode)
+        if metrics is not None:  # serving builds no metrics; model.metrics.include=[clip] has no val/fid to monitor
             metrics.check_monitor(monitor)
         if enable_xformers is not None:  # the earlier switch: runs saved with it still evaluate and serve
             log.warning("model.enable_xformers is deprecated — use model.attention=xformers (or sdpa)")
             attention = "xformers" if enable_xformers else attention
-        self.pretrained = str(pretrained)
-        self.generation = {"num_inference_steps": 30, "guidance_scale": 7.5, **(generation or {})}
         self.resolution = resolution
         self.snr_gamma, self.noise_offset = snr_gamma, noise_offset
         self.grid_columns = image_grid_columns
@@ -72,22 +74,15 @@ class DiffusionLoRAModule(LoRAModuleBase):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if resolution % factor:
             raise UserError(f"resolution {resolution} is not a multiple of {factor}, which this VAE and UNet need "
-                            f"— set data.resolution to a multiple of {factor}")
+                            f"— set model.resolution to a multiple of {factor}")
         self.prediction_type = prediction_type or self.noise_scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise UserError(f"model.prediction_type={self.prediction_type!r}: use epsilon or v_prediction")
         self.noise_scheduler.register_to_config(prediction_type=self.prediction_type)
-        for frozen in (self.text_encoder, self.vae, self.unet):
-            frozen.requires_grad_(False)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         set_attention(self.unet, attention)  # sdpa | xformers | default (src/modules/attention.py)
-        self.lora_config = lora
-        try:
-            self.unet.add_adapter(lora)
-        except ValueError as err:
-            raise UserError(f"LoRA config does not fit the UNet of {self.pretrained}: {str(err).splitlines()[0]} "
-                            "— set model.lora.target_modules (e.g. [to_k, to_q, to_v, to_out.0])") from err
+        lora_unet(self.unet, [self.text_encoder, self.vae, self.unet], lora, self.pretrained)
         # from_pretrained returns eval mode and Lightning keeps submodules' modes: without this the LoRA
         # dropout (and any UNet dropout) would never act in training. The VAE and text encoder stay in eval.
         self.unet.train()
@@ -149,8 +144,8 @@ class DiffusionLoRAModule(LoRAModuleBase):
                             output_type="pt", **{**self.generation, **(generation or {})}).images
         return (out.clamp(0, 1) * 255).round().to(torch.uint8)
 
-    def _on_eval_epoch_start(self) -> None:
-        super()._on_eval_epoch_start()
+    def start_eval_round(self, stage: str) -> None:
+        super().start_eval_round(stage)
         if not self._real_set:  # the real images' features are computed once and kept
             real = self.trainer.datamodule.real_images()
             # each process adds its own shard: FID/KID states are summed across processes
@@ -158,21 +153,13 @@ class DiffusionLoRAModule(LoRAModuleBase):
             self.image_metrics.set_real_images(shard.to(self.device))
             self._real_set = True
 
-    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
-
-    def _eval_step(self, batch: dict[str, Any]) -> None:
+    def eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         images = self.generate_images(batch["prompt"], batch["seed"])
         self.image_metrics.update(images, list(batch["prompt"]))
         self.predictions += [{"prompt": p, "seed": int(s), "image": img}
                              for p, s, img in zip(batch["prompt"], batch["seed"], images.cpu())]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def _on_eval_epoch_end(self, stage: str) -> None:
+    def finish_eval_round(self, stage: str) -> None:
         scores = {k: v for k, v in self.image_metrics.compute().items()
                   if k in ("fid", "kid", "clip_mean", "clip_min", "clip_max")}
         self._keep_per_image_scores()
@@ -189,12 +176,6 @@ class DiffusionLoRAModule(LoRAModuleBase):
         if self.trainer.world_size == 1 and len(clip) == len(self.predictions):  # gathered order = row order
             for row, score in zip(self.predictions, clip):
                 row["clip"] = score
-
-    def on_validation_epoch_end(self) -> None:
-        self._on_eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._on_eval_epoch_end("test")
 
     def _log_grid(self, key: str) -> None:
         grid = image_grid(torch.stack([p["image"] for p in self.predictions]), self.grid_columns)

@@ -6,13 +6,14 @@ import torch
 from peft import TaskType
 from transformers import AutoModelForSeq2SeqLM
 
+from src.families import names
 from src.modules.text_lora import TextLoRAModule
 
 
 class Seq2SeqLoRAModule(TextLoRAModule):
     auto_class = AutoModelForSeq2SeqLM
     task_type = TaskType.SEQ_2_SEQ_LM
-    encoding = "seq2seq"
+    family_name = names.SEQ2SEQ
 
     def generate_texts(self, batch: dict[str, Any], generation: dict | None = None, **encoded) -> list[str]:
         out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -1,7 +1,7 @@
 """LoRA fine-tuning of a Hugging Face text-generation model, with generation-based evaluation.
 
-Shared by every text family (seq2seq, causal). A family subclass names its ``auto_class``, peft
-``task_type`` and data ``encoding``, and how to turn a batch into generated strings.
+Shared by every text family's module. A family's subclass names its ``family_name``, ``auto_class`` and peft
+``task_type``, and how to turn a batch into generated strings.
 """
 
 import logging
@@ -9,12 +9,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
-from torchmetrics import MeanMetric
+from peft import LoraConfig, PeftConfig, PeftModel, load_peft_weights, set_peft_model_state_dict
 
 from src.errors import UserError
-from src.metrics.text import TextGenerationMetrics, sentence_rouge_l
+from src.metrics.loss import EvalLoss
+from src.metrics.text import MONITORABLE, TextGenerationMetrics, sentence_rouge_l
 from src.modules.base import LoRAModuleBase, comparable
+from src.modules.lora import lora_text_model
 from src.pretrained.loading import load_pretrained, load_tokenizer
 from src.pretrained.quantization import check_quantization, prepare_for_kbit, quantized_load_kwargs
 
@@ -24,15 +25,13 @@ log = logging.getLogger(__name__)
 class TextLoRAModule(LoRAModuleBase):
     auto_class: Any = None
     task_type: str = ""
-    metric_names = ("rougeL", "bleu", "loss")
+    monitorable = MONITORABLE
 
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, scheduler=None,
                  generation: dict | None = None, monitor: str = "val/rougeL", mode: str = "max",
                  gradient_checkpointing: bool = False, quantization: str | None = None,
                  eval_loss: bool | None = None):
-        super().__init__(optimizer, scheduler, monitor, mode)
-        self.pretrained = str(pretrained)
-        self.generation = dict(generation or {})
+        super().__init__(pretrained, lora, optimizer, scheduler, generation, monitor, mode)
         if eval_loss is False and self.monitor_is_loss:
             raise UserError(f"model.eval_loss=false but model.monitor={monitor} needs the evaluation loss "
                             "— set model.eval_loss=null (or true), or monitor val/rougeL")
@@ -49,19 +48,13 @@ class TextLoRAModule(LoRAModuleBase):
             base.gradient_checkpointing_enable()
             base.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
         base.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
-        lora.task_type = self.task_type
-        self.lora_config = lora
-        try:
-            self.model: PeftModel = get_peft_model(base, lora)
-        except ValueError as err:  # e.g. target_modules that the base model does not have
-            raise UserError(f"LoRA config does not fit {self.pretrained}: {str(err).splitlines()[0]} — "
-                            "set model.lora.target_modules to module names of this model") from err
+        self.model: PeftModel = lora_text_model(base, lora, self.task_type, self.pretrained)
         params = self.count_parameters()
         log.info("LoRA on %s: %d trainable of %d parameters (%.3f%%)", self.pretrained, params["trainable"],
                  params["total"], 100 * params["trainable"] / params["total"])
 
         self.metrics = torch.nn.ModuleDict({"val": TextGenerationMetrics(), "test": TextGenerationMetrics()})
-        self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.losses = torch.nn.ModuleDict({"val": EvalLoss(), "test": EvalLoss()})
 
     # -- family hooks ------------------------------------------------------------------------------
     def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
@@ -121,13 +114,11 @@ class TextLoRAModule(LoRAModuleBase):
         """The teacher-forced loss (None without ``with_loss``) and the generated texts of an evaluation batch."""
         return (self(batch).loss if with_loss else None), self.generate_texts(batch)
 
-    def _on_eval_epoch_start(self) -> None:
-        super()._on_eval_epoch_start()
+    def start_eval_round(self, stage: str) -> None:
+        super().start_eval_round(stage)
         self._loss_this_round = self.computes_eval_loss()
 
-    on_validation_epoch_start = on_test_epoch_start = _on_eval_epoch_start
-
-    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+    def eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         loss, predictions = self.loss_and_predictions(batch, with_loss=self._loss_this_round)
         if loss is not None:
             self.losses[stage].update(loss, weight=len(batch["uid"]))
@@ -137,25 +128,13 @@ class TextLoRAModule(LoRAModuleBase):
         self.predictions += [{"uid": u, "input": s, "reference": t, "prediction": p, "rougeL": r}
                              for u, s, t, p, r in zip(batch["uid"], batch["source"], batch["target"], predictions, rouge)]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def _on_eval_epoch_end(self, stage: str) -> None:
+    def finish_eval_round(self, stage: str) -> None:
         scores = dict(self.metrics[stage].compute())
         if self._loss_this_round:
             scores["loss"] = self.losses[stage].compute()
         self.metrics[stage].reset()
         self.losses[stage].reset()
         self.log_scores(stage, scores)
-
-    def on_validation_epoch_end(self) -> None:
-        self._on_eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._on_eval_epoch_end("test")
 
     # -- adapters ----------------------------------------------------------------------------------
     @contextmanager

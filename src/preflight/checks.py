@@ -1,7 +1,6 @@
 """Early checks. A *problem* would stop or spoil the run on any machine (exit 2); a *warning* is about this
 machine only (preflight usually runs on a laptop, for a run on a GPU machine)."""
 
-import inspect
 import shutil
 import tempfile
 from contextlib import ExitStack
@@ -9,10 +8,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import psutil
 import torch
 from omegaconf import DictConfig
 
 from src.errors import UserError
+from src.runtime import check_hardware
 
 GB = 2**30
 
@@ -20,8 +21,6 @@ GB = 2**30
 def hardware(cfg: DictConfig) -> tuple[list[str], list[str]]:
     """The trainer and quantization checks, first as on a machine with the hardware the config asks for
     (what fails there is a problem), then on this machine (what fails only here is a warning)."""
-    from src.runtime import check_hardware
-
     problems, warnings = [], []
     present = [mock.patch("torch.cuda.is_available", return_value=True),
                mock.patch("torch.cuda.is_bf16_supported", return_value=True),
@@ -44,48 +43,11 @@ def hardware(cfg: DictConfig) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
-def generation_keys(family: str, generation: dict[str, Any]) -> list[str]:
-    """Keys of ``model.generation`` that the model's generate() / the diffusion pipeline does not take."""
-    if family == "diffusion":
-        from diffusers import StableDiffusionPipeline
-
-        accepted = set(inspect.signature(StableDiffusionPipeline.__call__).parameters)
-        where = "StableDiffusionPipeline.__call__"
-    else:
-        from transformers import GenerationConfig
-
-        accepted = set(GenerationConfig().to_dict())
-        where = "transformers.GenerationConfig"
+def generation_keys(family, generation: dict[str, Any]) -> list[str]:
+    """Keys of ``model.generation`` that the family's generate() / pipeline does not take."""
+    accepted, where = family.generation_arguments()
     return [f"model.generation.{key} is not an argument of {where} — remove it or fix its name"
             for key in generation if key not in accepted]
-
-
-def image_metrics(model_cfg: DictConfig) -> list[str]:
-    """Warnings when FID's InceptionV3 or the CLIP model cannot be had on this machine."""
-    from src.metrics.image import METRICS, inception_status
-
-    warnings = []
-    metrics = model_cfg.get("metrics") or {}
-    include = set(metrics.get("include") or METRICS)
-    extractor = metrics.get("feature_extractor") or {}
-    if {"fid", "kid"} & include and extractor.get("kind", "inception") == "inception":
-        status = inception_status(extractor.get("weights_path"))
-        if status:
-            warnings.append(f"on this machine: {status}")
-    clip = metrics.get("clip_model")
-    if "clip" in include and isinstance(clip, str) and not _model_available(clip):
-        warnings.append(f"on this machine: CLIP score needs {clip}, which is neither a local directory nor in the "
-                        "Hugging Face cache and the hub is not reachable — download it where the run will happen, "
-                        "or set model.metrics.clip_model to a local directory (or null to skip CLIP score)")
-    return warnings
-
-
-def _model_available(name: str) -> bool:
-    """A local directory, in the Hugging Face cache (as serving judges it), or a hub that may be reached."""
-    from src.pretrained.architecture import hub_offline
-    from src.serving.bases import available_offline
-
-    return available_offline(name, "clip") or not hub_offline()
 
 
 def output_dir(path: str, needed_bytes: int) -> list[str]:
@@ -114,7 +76,5 @@ def device_memory(trainer_cfg: DictConfig, given_gb: float | None) -> tuple[int 
     if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
         return int(torch.mps.recommended_max_memory()), "MPS recommended maximum"
     if accelerator in ("cpu", "auto"):
-        import psutil
-
         return psutil.virtual_memory().total, "this machine's RAM"
     return None, f"unknown: no {accelerator} device here (set preflight_device_memory_gb=<GB of the target>)"

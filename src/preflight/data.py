@@ -1,9 +1,9 @@
 """The data as training would see it: records read, kept and skipped, split sizes, token lengths.
 
 Large files are read through a bounded head sample (the first ``SAMPLE_RECORDS`` records of each); counts are
-then scaled by the files' sizes and the summary says so. Token lengths use the model's own tokenizer when
-it is on this machine (a local directory or the Hugging Face cache), else a stand-in trained here on the
-data itself, named in the report.
+then scaled by the files' sizes and the summary says so. Token lengths are the family's encoder's, with the
+model's own tokenizer when it is on this machine (a local directory or the Hugging Face cache), else a stand-in
+of the family's kind trained here on the data itself, named in the report.
 """
 
 import itertools
@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
-from src.datamodules.records import array_blocks, is_json_array
+from src.dataio.records import array_blocks, is_json_array
+from src.encoders.common import texts_of
 from src.errors import UserError
-from src.runtime import instantiate_config
+from src.instantiation import instantiate_config
+from src.pretrained.loading import load_tokenizer
 
 SAMPLE_BYTES = 64 * 2**20  # files above this are sampled
 SAMPLE_RECORDS = 20_000
@@ -69,26 +71,19 @@ def sampled_data_config(data_cfg: DictConfig, workdir: Path) -> tuple[DictConfig
 
 def model_tokenizer(pretrained: str, subfolder: str | None = None):
     """The model's own tokenizer if it is on this machine, without reaching the network; else None."""
-    from src.pretrained.loading import load_tokenizer
-
     try:
         return load_tokenizer(pretrained, local_files_only=True, **({"subfolder": subfolder} if subfolder else {}))
     except UserError:  # absent offline: a stand-in is used and named
         return None
 
 
-def standin_tokenizer(family: str, texts: list[str]):
-    """A tokenizer of the model's kind trained on the data itself (the real one is not here)."""
-    from src.pretrained.tiny import train_byte_bpe_tokenizer, train_clip_tokenizer, train_unigram_tokenizer
-
-    if family == "seq2seq":
-        return (train_unigram_tokenizer(iter(texts), STANDIN_VOCAB, model_max_length=100_000),
-                f"a SentencePiece-style unigram tokenizer ({STANDIN_VOCAB} pieces) trained on the data")
-    if family == "causal":
-        return (train_byte_bpe_tokenizer(iter(texts), STANDIN_VOCAB, model_max_length=100_000),
-                f"a byte-level BPE tokenizer ({STANDIN_VOCAB} tokens) trained on the data")
-    return (train_clip_tokenizer(iter(texts), num_merges=2000),
-            "a CLIP BPE tokenizer (2000 merges) trained on the captions")
+def tokenizer_for(family, pretrained: str, texts: list[str]) -> tuple[Any, str]:
+    """The model's own tokenizer, or a stand-in of its family's kind trained on ``texts``, and a note on which."""
+    tokenizer = model_tokenizer(pretrained, family.tokenizer_subfolder)
+    if tokenizer is not None:
+        return tokenizer, f"the model's own ({pretrained})"
+    tokenizer, note = family.train_tokenizer(texts)
+    return tokenizer, f"stand-in: {note} ({pretrained}'s tokenizer is not on this machine)"
 
 
 def length_stats(lengths: list[int], limit: int | None) -> dict[str, Any]:
@@ -100,25 +95,17 @@ def length_stats(lengths: list[int], limit: int | None) -> dict[str, Any]:
     return stats
 
 
-def _text_lengths(tokenizer, family: str, sources: list[str], targets: list[str]) -> tuple[list[int], list[int]]:
-    if family == "causal":  # the datamodule tokenizes without special tokens, target after a space, plus eos
-        src = [len(ids) for ids in tokenizer(sources, add_special_tokens=False)["input_ids"]]
-        tgt = [len(ids) + 1 for ids in tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]]
-        return src, tgt
-    return ([len(ids) for ids in tokenizer(sources)["input_ids"]],
-            [len(ids) for ids in tokenizer(text_target=targets)["input_ids"]])
-
-
-def plan_text_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, Any]:
+def plan_text_data(cfg: DictConfig, family, pretrained: str) -> dict[str, Any]:
+    """Samples read, kept and skipped, split sizes, and token lengths as the family's encoder counts them."""
     with tempfile.TemporaryDirectory(prefix="lorafit-preflight-") as tmp:
         data_cfg, scale = sampled_data_config(cfg.data, Path(tmp))
-        datamodule = instantiate_config(data_cfg, tokenizer=None, encoding=family)
-        pairs = datamodule.load_pairs()
+        datamodule = instantiate_config(data_cfg)
+        samples = datamodule.load_samples()
         skipped = datamodule.skipped()
-        splits = datamodule.split(pairs)
+        splits = datamodule.split(samples)
         hp = datamodule.hparams
-        rows = pairs.select(range(min(LENGTH_SAMPLE, len(pairs))))
-        sources, targets = list(rows["source"]), list(rows["target"])
+        rows = samples.select(range(min(LENGTH_SAMPLE, len(samples))))
+        batch = {"messages": list(rows["messages"])}
 
     factor = scale or 1.0
     estimate = (lambda n: int(round(n * factor))) if scale else (lambda n: n)
@@ -126,13 +113,11 @@ def plan_text_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, A
     available = {name: estimate(len(part)) for name, part in splits.items()}
     used = {name: min(n, limits[name]) if limits[name] is not None else n for name, n in available.items()}
 
-    tokenizer = model_tokenizer(pretrained)
-    tokenizer_note = f"the model's own ({pretrained})"
-    if tokenizer is None:
-        tokenizer, tokenizer_note = standin_tokenizer(family, sources + targets)
-        tokenizer_note = f"stand-in: {tokenizer_note} ({pretrained}'s tokenizer is not on this machine)"
-    src, tgt = _text_lengths(tokenizer, family, sources, targets)
-    kept = estimate(len(pairs))
+    prompts, answers = texts_of(batch)
+    tokenizer, tokenizer_note = tokenizer_for(family, pretrained, prompts + answers)
+    family.connect(datamodule, tokenizer, cfg.model)
+    src, tgt = datamodule.encoder.lengths(batch)
+    kept = estimate(len(samples))
     return {
         "records_read": kept + estimate(sum(skipped.values())), "records_kept": kept,
         "skipped": {reason: estimate(n) for reason, n in sorted(skipped.items())},
@@ -145,17 +130,13 @@ def plan_text_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, A
     }
 
 
-def plan_image_data(cfg: DictConfig, pretrained: str) -> dict[str, Any]:
-    datamodule = instantiate_config(cfg.data, tokenizer=None, encoding="diffusion")
+def plan_image_data(cfg: DictConfig, family, pretrained: str) -> dict[str, Any]:
+    datamodule = instantiate_config(cfg.data)
+    family.connect(datamodule, None, cfg.model)
     datamodule.setup()
     captions = [caption for _, caption in datamodule.train_items]
-    tokenizer = model_tokenizer(pretrained, subfolder="tokenizer")
-    note = f"the model's own ({pretrained})"
-    if tokenizer is None:
-        tokenizer, note = standin_tokenizer("diffusion", captions + datamodule.prompts)
-        note = f"stand-in: {note} ({pretrained}'s tokenizer is not on this machine)"
+    tokenizer, note = tokenizer_for(family, pretrained, captions + datamodule.prompts)
     lengths = [len(ids) for ids in tokenizer(captions)["input_ids"]]
-    hp = datamodule.hparams
     return {
         "records_read": len(datamodule.train_items), "records_kept": len(datamodule.train_items), "skipped": {},
         "sampled": None,
@@ -163,15 +144,9 @@ def plan_image_data(cfg: DictConfig, pretrained: str) -> dict[str, Any]:
                              "val_prompts": len(datamodule.prompts)},
         "splits_used": {"train": len(datamodule.train_items), "val": len(datamodule.prompts),
                         "test": len(datamodule.prompts)},
-        "resolution": hp.resolution, "tokenizer": note, "length_rows": len(lengths),
+        "resolution": datamodule.resolution, "tokenizer": note, "length_rows": len(lengths),
         "caption_tokens": length_stats(lengths, 77),
     }
-
-
-def plan_data(cfg: DictConfig, family: str, pretrained: str) -> dict[str, Any]:
-    if family == "diffusion":
-        return plan_image_data(cfg, pretrained)
-    return plan_text_data(cfg, family, pretrained)
 
 
 def mean_lengths(data: dict[str, Any]) -> tuple[float, float]:

@@ -18,7 +18,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from src.preflight.model import ModelPlan
+from transformers.pytorch_utils import Conv1D
+
+from src.families.protocol import ModelPlan
 
 HALF = ("16-mixed", "bf16-mixed", "16", "bf16")
 QUANTIZED_BYTES = {"4bit": 0.5 + 0.016, "8bit": 1.0 + 0.016}  # + block constants (NF4 double quantization)
@@ -69,33 +71,13 @@ def measure_training(module: torch.nn.Module, loss_fn) -> tuple[int, int]:
     return live.peak, counter.get_total_flops()
 
 
-def _meta(*shape: int, dtype=torch.long) -> torch.Tensor:
+def meta_tensor(*shape: int, dtype=torch.long) -> torch.Tensor:
     return torch.zeros(*shape, dtype=dtype, device="meta")
-
-
-def text_loss(plan: ModelPlan, batch: int, source: int, target: int):
-    model = plan.network
-    if plan.family == "seq2seq":
-        # no attention mask: on meta, the mask helpers would read its values (all ones: same memory)
-        return lambda: model(input_ids=_meta(batch, source), labels=_meta(batch, target)).loss
-    ids = _meta(batch, source + target)
-    return lambda: model(input_ids=ids, labels=ids).loss
-
-
-def unet_loss(plan: ModelPlan, batch: int, resolution: int):
-    """The UNet's denoising loss; the VAE and text encoder run without gradients, as in training."""
-    unet, config = plan.network, plan.network.config
-    side = resolution // 8  # the SD VAE downsamples 8x
-    latents = _meta(batch, config.in_channels, side, side, dtype=torch.float32)
-    text = _meta(batch, 77, config.cross_attention_dim, dtype=torch.float32)
-    return lambda: torch.nn.functional.mse_loss(unet(latents, _meta(batch), text).sample, latents)
 
 
 def quantized_base_bytes(plan: ModelPlan, mode: str) -> int:
     """k-bit QLoRA: the base Linear/Conv1D weights quantized; lm_head and the architecture's fp32 modules
     (T5's ``wo``) and everything else kept in float32 by peft's k-bit preparation."""
-    from transformers.pytorch_utils import Conv1D
-
     base = plan.network.get_base_model()
     keep = set(getattr(base, "_keep_in_fp32_modules", None) or [])
     total, seen = 0.0, set()
@@ -116,30 +98,13 @@ def estimate(plan: ModelPlan, cfg, data: dict[str, Any], gradient_checkpointing:
     batch = int(cfg.data.batch_size)
     network = plan.network
     network.train()
-    if plan.family == "diffusion":
-        if gradient_checkpointing:
-            network.enable_gradient_checkpointing()
-        resolution = int(data["resolution"])
-        loss_fn = unet_loss(plan, batch, resolution)
-        shape = {"batch": batch, "resolution": resolution}
-    else:
-        if gradient_checkpointing:
-            base = network.get_base_model()
-            base.gradient_checkpointing_enable()
-            base.enable_input_require_grads()
-        source = int(data["source_tokens"].get("max_length") or data["source_tokens"]["max"])
-        target = int(data["target_tokens"].get("max_length") or data["target_tokens"]["max"])
-        loss_fn = text_loss(plan, batch, source, target)
-        shape = {"batch": batch, "source_tokens": source, "target_tokens": target}
+    loss_fn, shape = plan.family.memory_probe(plan, batch, data, gradient_checkpointing)
     step_bytes, flops = measure_training(network, loss_fn)
     adapter_bytes = ADAPTER_BYTES * plan.trainable  # LoRA weights; their gradients and AdamW states
     activations = max(0, step_bytes - (adapter_bytes - 4 * plan.trainable))  # activations and transients
     if precision in HALF:  # autocast computes, and so keeps, most activations in 16 bits
         activations //= 2
-    if plan.family == "diffusion" or not quantization:
-        base_bytes = 4 * (plan.total - plan.trainable)  # frozen weights stay float32 (mixed precision too)
-    else:
-        base_bytes = quantized_base_bytes(plan, quantization)
+    base_bytes = plan.family.base_weight_bytes(plan, quantization)
     peak = base_bytes + adapter_bytes + activations
     return {
         "precision": precision, "quantization": quantization, "gradient_checkpointing": gradient_checkpointing,

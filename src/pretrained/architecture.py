@@ -3,17 +3,21 @@
 ``architecture_config`` finds a model's config wherever it can, offline first: a local directory, the
 Hugging Face cache, the hub (skipped when ``HF_HUB_OFFLINE=1``), and last the copies bundled under
 ``architectures/`` for the reference models, so a preflight can size a run on a machine with no hub.
-``meta_model`` builds the real architecture on the meta device: about a second, no memory, and exact
-parameter counts for the base model and for a LoRA adapter on it.
+A family's ``meta_model`` (``src/families``) builds the real architecture from it on the meta device: about a
+second, no memory, and exact parameter counts for the base model and for a LoRA adapter on it.
 """
 
 import json
-import os
 from functools import cache
 from pathlib import Path
-from typing import NamedTuple
+
+import torch
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.utils import get_session
+from transformers import CONFIG_MAPPING
 
 from src.errors import UserError
+from src.pretrained.hub import hub_offline
 
 BUNDLED_DIR = Path(__file__).parent / "architectures"
 # the reference Stable Diffusion 1.5 moved from runwayml/ to its own organisation; both names mean one model
@@ -22,27 +26,12 @@ ALIASES = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffu
 CONFIG_FILES = {"scheduler": ["scheduler_config.json"], "tokenizer": ["tokenizer_config.json"]}
 ROOT_CONFIG_FILES = ["config.json", "model_index.json"]  # a transformers model, or a diffusers pipeline
 HUB_TIMEOUT_S = 5.0
-FAMILIES = ("seq2seq", "causal", "diffusion")
-
-
-class DiffusionArchitecture(NamedTuple):
-    unet: object
-    vae: object
-    text_encoder: object
 
 
 def _config_files(subfolder: str | None) -> list[str]:
     if subfolder is None:
         return ROOT_CONFIG_FILES
     return CONFIG_FILES.get(Path(subfolder).name, ["config.json"])
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(name, "").upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return constants.HF_HUB_OFFLINE or any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
 def _read(path: Path | str) -> dict:
@@ -73,8 +62,6 @@ def bundled_config(hub_id: str, subfolder: str | None = None) -> dict | None:
 
 
 def _from_cache(hub_id: str, subfolder: str | None) -> dict | None:
-    from huggingface_hub import try_to_load_from_cache
-
     for name in _config_files(subfolder):
         try:
             path = try_to_load_from_cache(hub_id, f"{subfolder}/{name}" if subfolder else name)
@@ -88,9 +75,6 @@ def _from_cache(hub_id: str, subfolder: str | None) -> dict | None:
 @cache
 def _hub_reachable() -> bool:
     """One short request, once per process: hf_hub_download retries with backoff (~45 s) when the hub is down."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
     try:
         get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT_S)
     except Exception:
@@ -99,8 +83,6 @@ def _hub_reachable() -> bool:
 
 
 def _from_hub(hub_id: str, subfolder: str | None) -> dict | None:
-    from huggingface_hub import hf_hub_download
-
     if not _hub_reachable():
         return None
     for name in _config_files(subfolder):
@@ -149,8 +131,6 @@ def architecture_config(pretrained: str, subfolder: str | None = None) -> tuple[
 
 
 def hf_config(config: dict, where: str):
-    from transformers import CONFIG_MAPPING
-
     model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise UserError(f"config of '{where}' has model_type={model_type!r}, which transformers does not know "
@@ -167,8 +147,6 @@ def untie_output_embeddings(model, config: dict, init_std: float | None = None) 
     Untying here makes a model built from the config count, save and reload like the real checkpoint.
     ``init_std`` draws the new weights from N(0, init_std); on "meta" they stay empty.
     """
-    import torch
-
     if config.get("tie_word_embeddings") is not False and config.get("scale_decoder_outputs") is not False:
         return
     output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
@@ -181,43 +159,3 @@ def untie_output_embeddings(model, config: dict, init_std: float | None = None) 
     output.weight = torch.nn.Parameter(weight)
     # save_pretrained skips the keys it believes tied; this one now holds weights of its own
     getattr(model, "all_tied_weights_keys", {}).pop(f"{name}.weight", None)
-
-
-def meta_model(family: str, pretrained: str):
-    """The real architecture of ``pretrained`` built on the meta device (no weights, no memory).
-
-    ``family`` is "seq2seq" (AutoModelForSeq2SeqLM), "causal" (AutoModelForCausalLM) or "diffusion"
-    (a ``DiffusionArchitecture`` of the UNet, VAE and text encoder of a Stable Diffusion pipeline).
-
-    >>> model = meta_model("causal", "microsoft/DialoGPT-medium")
-    >>> sum(p.numel() for p in model.parameters()), next(model.parameters()).device.type
-    (354823168, 'meta')
-    """
-    import torch
-
-    if family not in FAMILIES:
-        raise UserError(f"unknown model family '{family}' — use one of {', '.join(FAMILIES)}")
-    if family == "diffusion":
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import AutoModel
-
-        unet_config = architecture_config(pretrained, "unet")[0]
-        vae_config = architecture_config(pretrained, "vae")[0]
-        text_config = hf_config(architecture_config(pretrained, "text_encoder")[0], f"{pretrained}/text_encoder")
-        with torch.device("meta"):
-            return DiffusionArchitecture(unet=UNet2DConditionModel.from_config(unet_config),
-                                         vae=AutoencoderKL.from_config(vae_config),
-                                         text_encoder=AutoModel.from_config(text_config))
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    auto_class = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
-    published = architecture_config(pretrained)[0]
-    config = hf_config(published, pretrained)
-    try:
-        with torch.device("meta"):
-            model = auto_class.from_config(config)
-    except ValueError as err:  # e.g. a causal LM's config given as seq2seq
-        raise UserError(f"'{pretrained}' ({config.model_type}) is not a {family} model: "
-                        f"{str(err).splitlines()[0]} — pick the model config of its family") from err
-    untie_output_embeddings(model, published)
-    return model

@@ -1,8 +1,11 @@
 """Load pretrained weights and tokenizers from a hub id or a local directory, failing clearly."""
 
 from pathlib import Path
+from typing import Any
 
 import transformers
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from transformers import AutoTokenizer
 
 from src.errors import UserError
@@ -29,3 +32,10 @@ def load_pretrained(auto_class, name_or_path: str, **kwargs):
 
 def load_tokenizer(name_or_path: str, **kwargs):
     return load_pretrained(AutoTokenizer, name_or_path, **kwargs)
+
+
+def resolve_pretrained(node: Any) -> str:
+    """A hub id or local directory; a ``_target_`` node (the tiny models) is built and gives its directory."""
+    if isinstance(node, DictConfig) and "_target_" in node:
+        return str(instantiate(node))
+    return str(node)

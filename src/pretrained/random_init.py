@@ -13,10 +13,16 @@ nor disturbs the caller's random state.
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel
+
 from src.errors import UserError
+from src.families.causal import CAUSAL
+from src.families.seq2seq import SEQ2SEQ
+from src.families.text import TextFamily
 from src.pretrained.architecture import BUNDLED_DIR, bundled_config, hf_config, untie_output_embeddings
-from src.pretrained.tiny import (cached_build, iter_corpus, train_byte_bpe_tokenizer, train_clip_tokenizer,
-                                 train_unigram_tokenizer)
+from src.pretrained.tiny import cached_build, iter_corpus, train_clip_tokenizer
 
 SD_PARTS = ("unet", "vae", "text_encoder", "scheduler", "tokenizer")
 
@@ -30,8 +36,6 @@ def _bundled(name: str, subfolder: str | None = None) -> dict:
 
 
 def _seeded(seed: int, build: Callable):
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
@@ -55,38 +59,29 @@ def _require_corpus(corpus_files: list[str] | None, builder: str) -> list[str]:
 
 def random_seq2seq(cache_dir: str, name: str, corpus_files: list[str], vocab_size: int = 1000, seed: int = 0) -> str:
     """Directory of ``name`` (e.g. google/flan-t5-base) at random init with a locally trained T5 tokenizer."""
-    return _random_text(cache_dir, name, "seq2seq", _require_corpus(corpus_files, "random_seq2seq"), vocab_size, seed)
+    return random_text(SEQ2SEQ, cache_dir, name, _require_corpus(corpus_files, "random_seq2seq"), vocab_size, seed)
 
 
 def random_causal(cache_dir: str, name: str = "microsoft/DialoGPT-medium", corpus_files: list[str] | None = None,
                   vocab_size: int = 1000, seed: int = 0) -> str:
     """Directory of ``name`` (GPT-2 medium for DialoGPT) at random init with a locally trained byte-level BPE."""
-    return _random_text(cache_dir, name, "causal", _require_corpus(corpus_files, "random_causal"), vocab_size, seed)
+    return random_text(CAUSAL, cache_dir, name, _require_corpus(corpus_files, "random_causal"), vocab_size, seed)
 
 
-def _random_text(cache_dir: str, name: str, family: str, corpus_files: list[str], vocab_size: int, seed: int) -> str:
-    """What the two text families share; they differ in their tokenizer and the special ids it dictates."""
+def random_text(family: TextFamily, cache_dir: str, name: str, corpus_files: list[str], vocab_size: int,
+                seed: int) -> str:
+    """A text family's model at random init: its kind of tokenizer, and the special ids that tokenizer dictates."""
     config = _bundled(name)
-    spec = dict(name=name, config=config, vocab_size=vocab_size, seed=seed, version=2 if family == "seq2seq" else 1)
+    spec = dict(name=name, config=config, vocab_size=vocab_size, seed=seed, version=family.random_init_version)
 
     def build(out: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-        if family == "seq2seq":
-            tokenizer = train_unigram_tokenizer(iter_corpus(corpus_files), vocab_size,
-                                                model_max_length=config.get("n_positions", 512))
-            ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                       decoder_start_token_id=tokenizer.pad_token_id)
-        else:
-            tokenizer = train_byte_bpe_tokenizer(iter_corpus(corpus_files), vocab_size,
-                                                 model_max_length=config.get("n_positions", 1024))
-            ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        tokenizer = family.train_tokenizer_fn(iter_corpus(corpus_files), vocab_size,
+                                              config.get("n_positions", family.default_max_positions))
         _check_fits(tokenizer, config["vocab_size"], name)
-        model_config = hf_config({**config, **ids}, name)
-        auto_class = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+        model_config = hf_config({**config, **family.special_token_ids(tokenizer)}, name)
 
         def model():
-            built = auto_class.from_config(model_config)
+            built = family.auto_class.from_config(model_config)
             # FLAN-T5 has an lm_head of its own. N(0, d_model^-0.5) starts its logits at unit scale (first loss
             # ~ ln(vocab)); T5's own N(0, 1) for an untied head would start the loss near 160
             untie_output_embeddings(built, config, init_std=config.get("d_model", 1) ** -0.5)
@@ -110,9 +105,6 @@ def random_sd(cache_dir: str, name: str = "stable-diffusion-v1-5/stable-diffusio
     spec = dict(name=name, configs=configs, num_merges=num_merges, seed=seed, version=1)
 
     def build(out: Path) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-        from transformers import CLIPTextModel
-
         tokenizer = train_clip_tokenizer(iter_corpus(corpus_files), num_merges=num_merges,
                                          model_max_length=configs["tokenizer"].get("model_max_length", 77))
         _check_fits(tokenizer, configs["text_encoder"]["vocab_size"], name)

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, GPT2Config, GPT2LMHeadModel,
+                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 
 from src.errors import UserError
 
@@ -137,8 +139,6 @@ def tiny_t5(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, d_m
                 num_heads=num_heads, d_kv=d_kv, seed=seed, version=4)
 
     def build(out: Path) -> None:
-        import torch
-
         tokenizer = train_unigram_tokenizer(iter_corpus(corpus_files), vocab_size, model_max_length=512)
         config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=d_ff, num_layers=num_layers,
                           num_heads=num_heads, d_kv=d_kv, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
@@ -169,8 +169,6 @@ def tiny_gpt2(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, n
                 seed=seed, version=1)
 
     def build(out: Path) -> None:
-        import torch
-
         tokenizer = train_byte_bpe_tokenizer(iter_corpus(corpus_files), vocab_size, model_max_length=n_positions)
         config = GPT2Config(vocab_size=len(tokenizer), n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                             n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -224,8 +222,6 @@ def train_clip_tokenizer(texts: Iterator[str], num_merges: int = 300, model_max_
     silently yields a 2-token tokenizer. Every byte-level character stays in the vocabulary, so no
     input is unknown.
     """
-    from transformers import CLIPTokenizer
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     merges = learn_bpe_merges(texts, num_merges)
     vocab: dict[str, int] = {}
@@ -242,10 +238,6 @@ def tiny_sd(cache_dir: str, corpus_files: list[str], latent_channels: int = 4, s
     spec = dict(latent_channels=latent_channels, seed=seed, version=2)
 
     def build(out: Path) -> None:
-        import torch
-        from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
         tokenizer = train_clip_tokenizer(iter_corpus(corpus_files), num_merges=300)
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(

@@ -10,6 +10,9 @@ not the judgement of image-text agreement.
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
 from src.pretrained.tiny import cached_build, iter_corpus, train_clip_tokenizer
 
 # used when neither corpus files nor prompts are given, so the tokenizer still learns a few merges
@@ -43,14 +46,6 @@ def tiny_clip(cache_dir: str, corpus_files: list[str] | None = None, prompts: li
             yield from DEFAULT_PROMPTS
 
     def build(out: Path) -> None:
-        import torch
-        from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-
-        try:  # transformers 5 without torchvision: the PIL processor (CLIPImageProcessor would warn and fall back)
-            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-        except ImportError:
-            from transformers import CLIPImageProcessor
-
         tokenizer = train_clip_tokenizer(texts(), num_merges=num_merges, model_max_length=max_length)
         tokens = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id)
@@ -63,8 +58,8 @@ def tiny_clip(cache_dir: str, corpus_files: list[str] | None = None, prompts: li
                                num_attention_heads=num_heads, num_channels=3),
             projection_dim=projection_dim,
         )
-        image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                             crop_size={"height": image_size, "width": image_size})
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                                crop_size={"height": image_size, "width": image_size})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = CLIPModel(config)

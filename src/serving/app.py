@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from src.conversation import one_turn, prompt_text
 from src.errors import UserError
 from src.serving import generation as gen
 from src.serving.compare_jobs import CompareJobs
@@ -193,18 +194,19 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         with ExitStack() as stack:
             loaded = lease(stack, entry, deadline)
             try:
-                source = body.prompt if body.prompt is not None else loaded.datamodule.format_source(body.title)
+                request = one_turn(body.prompt) if body.prompt is not None else loaded.request(body.title)
             except UserError as err:  # e.g. an unknown tarot card
                 raise HTTPException(422, str(err)) from err
             settings = body.model_dump(include=set(gen.TEXT_SETTINGS), exclude_none=True)
             try:
-                (text,), seed = gen.generate_texts(loaded, [source], settings, body.seed, wait=left(deadline))
+                (text,), seed = gen.generate_texts(loaded, [request], settings, body.seed, wait=left(deadline))
             except ModelBusy as err:
                 raise busy(entry.name, str(err)) from None
             except ValueError as err:  # transformers rejects combinations (e.g. beams with groups)
                 raise HTTPException(422, f"cannot generate with these settings: {err}") from err
             used = gen.text_settings(loaded, settings)
-        return TextResponse(model_name=body.model_name, input=source, text=text, settings=used, seed=seed)
+        return TextResponse(model_name=body.model_name, input=prompt_text(request), text=text, settings=used,
+                            seed=seed)
 
     app.include_router(dashboard_router(registry, jobs))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

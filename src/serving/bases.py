@@ -10,27 +10,14 @@ from pathlib import Path
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from huggingface_hub import try_to_load_from_cache
 from omegaconf import DictConfig
 
+from src.families.registry import FAMILIES
+from src.pretrained.hub import available_offline
 from src.serving.registry import ModelEntry, describe_base, family_of, kind_of
 from src.targets import EvalTarget
 
 log = logging.getLogger(__name__)
-
-# the file that marks a downloaded model of each family in the hub cache
-MARKER = {"diffusion": "model_index.json"}
-
-
-def available_offline(pretrained, family: str) -> bool:
-    if isinstance(pretrained, DictConfig):  # a tiny-model builder
-        return True
-    if Path(str(pretrained)).expanduser().is_dir():
-        return True
-    try:
-        return isinstance(try_to_load_from_cache(str(pretrained), MARKER.get(family, "config.json")), str)
-    except ValueError:  # not a valid repo id either
-        return False
 
 
 def model_config_names(config_dir: Path) -> list[str]:
@@ -55,7 +42,7 @@ def base_model_entries(config_name: str, config_dir: Path, data_for: DictConfig)
             log.warning("base/%s is not offered: %s", name, str(err).splitlines()[0])
             continue
         pretrained = composed.model.pretrained
-        if not available_offline(pretrained, family):
+        if not available_offline(pretrained, FAMILIES.get(family).hub_marker):
             continue
         entries.append(ModelEntry(
             name=f"base/{name}", kind=kind_of(family), family=family, source="base",

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from src.conversation import one_turn, prompt_text
 from src.errors import UserError
 from src.serving import generation as gen
 from src.serving.loading import LoadedModel, load_from_command_line
@@ -55,21 +56,22 @@ def batches(items: list, size: int):
 
 def write_texts(cfg: DictConfig, loaded: LoadedModel, prompts: list[tuple[int, str]], settings: dict,
                 out: Path) -> list[dict]:
-    sources = []
+    requests = []
     for n, text in prompts:
         try:
-            sources.append(text if cfg.raw else loaded.datamodule.format_source(text))
+            requests.append(one_turn(text) if cfg.raw else loaded.request(text))
         except UserError as err:
             raise UserError(f"{cfg.prompts}:{n}: {err}") from err
     (out / "texts").mkdir(exist_ok=True)
     rows = []
     with tqdm(total=len(prompts), desc="generating", unit="prompt") as bar:
-        for start, chunk in batches(sources, cfg.batch_size):
+        for start, chunk in batches(requests, cfg.batch_size):
             texts, seed = gen.generate_texts(loaded, chunk, settings, seed=cfg.seed + start)
-            for (n, line), source, text in zip(prompts[start:start + len(chunk)], chunk, texts):
+            for (n, line), request, text in zip(prompts[start:start + len(chunk)], chunk, texts):
                 name = f"texts/{n:05d}.txt"
                 (out / name).write_text(text + "\n", encoding="utf-8")
-                rows.append({"line": n, "input": line, "prompt": source, "seed": seed, "file": name, "text": text})
+                rows.append({"line": n, "input": line, "prompt": prompt_text(request), "seed": seed, "file": name,
+                             "text": text})
             bar.update(len(chunk))
     return rows
 

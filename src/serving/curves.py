@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from src.serving.registry import _inside
+from tensorboard.backend.event_processing import event_accumulator as ea
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ def file_version(path: Path) -> tuple[int, int]:
 @lru_cache(maxsize=64)
 def event_file_scalars(path: Path, version: tuple[int, int]) -> Series:
     """Every scalar of one event file, in the order written."""
-    from tensorboard.backend.event_processing import event_accumulator as ea
-
     accumulator = ea.EventAccumulator(str(path), size_guidance={ea.SCALARS: 0})  # 0: keep every point
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}

@@ -29,7 +29,7 @@ def merge_text(loaded: LoadedModel, out: Path) -> dict[str, Any]:
     merged.save_pretrained(out)
     module.tokenizer.save_pretrained(out)
     return {"auto_class": module.auto_class.__name__, "generation": settings,
-            "prompt_template": getattr(loaded.datamodule, "prompt_template", None)}
+            "prompt_template": loaded.prompt_template}
 
 
 def merge_diffusion(loaded: LoadedModel, out: Path) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def export(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     details = (merge_diffusion if loaded.kind == "image" else merge_text)(loaded, out)
     record = {"source": source_of(target), "base": loaded.module.pretrained, "kind": loaded.kind,
-              "family": loaded.module.encoding, "lora": loaded.module.report()["lora"], **details}
+              "family": loaded.module.family_name, "lora": loaded.module.report()["lora"], **details}
     (out / "lorafit_export.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     how = ("StableDiffusionPipeline.from_pretrained" if loaded.kind == "image"
            else f"{details['auto_class']}.from_pretrained")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from src.conversation import Conversation
 from src.serving.loading import GLOBAL_RNG, LoadedModel, ModelBusy
 
 TEXT_SETTINGS = ("num_beams", "temperature", "top_p", "do_sample", "repetition_penalty", "no_repeat_ngram_size",
@@ -53,14 +54,15 @@ def text_settings(loaded: LoadedModel, overrides: dict[str, Any] | None = None) 
     return {**loaded.module.generation, **{k: v for k, v in (overrides or {}).items() if v is not None}}
 
 
-def generate_texts(loaded: LoadedModel, sources: list[str], settings: dict[str, Any] | None = None,
+def generate_texts(loaded: LoadedModel, requests: list[Conversation], settings: dict[str, Any] | None = None,
                    seed: int | None = None, wait: float | None = None) -> tuple[list[str], int | None]:
-    """Texts for model inputs already formatted (``datamodule.format_source``); the seed used when sampling."""
+    """Texts for requests (conversations without the answer: ``loaded.request(text)``, or a raw prompt as one
+    user turn); the seed used when sampling."""
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
     sampling = bool(text_settings(loaded, settings).get("do_sample"))
     if sampling and seed is None:
         seed = new_seed()
-    batch = _to_device(loaded.datamodule.prompt_batch(sources), loaded.device)
+    batch = _to_device(loaded.encoder.prompt_batch(requests), loaded.device)
     with holding([loaded.lock, GLOBAL_RNG] if sampling else [loaded.lock], wait), loaded.adapters():
         if sampling:
             with torch.random.fork_rng():  # the global RNG, restored afterwards (under GLOBAL_RNG)

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from src.building import build_data
+from src.conversation import Conversation
 from src.errors import UserError
+from src.families.registry import FAMILIES
+from src.instantiation import instantiate_config
 from src.modality import check_model_fits_data
 from src.pretrained.quantization import check_quantization
-from src.runtime import build_model_and_data, instantiate_config
-from src.serving.registry import family_of, kind_of
 from src.targets import EvalTarget, load_target_weights, resolve_target, with_run_config
 
 log = logging.getLogger(__name__)
@@ -45,22 +47,32 @@ def check_device(device: str) -> torch.device:
 @dataclass
 class LoadedModel:
     """A module ready to generate. ``lock`` serialises generation: a pipeline's scheduler and the
-    adapter on/off switch are per-model state that concurrent requests must not interleave."""
+    adapter on/off switch are per-model state that concurrent requests must not interleave.
+
+    Text models come with their data's ``format`` (what a user types → the request, as the training prompts were
+    formatted) and their family's ``encoder`` (a request → model inputs, as evaluation batches are encoded)."""
 
     module: Any
-    datamodule: Any | None  # text models: formats inputs exactly as training did
     kind: str  # "text" or "image"
     is_base: bool  # generate with the adapters switched off
     device: torch.device
+    format: Any | None = None
+    encoder: Any | None = None
+    prompt_template: str | None = None  # the data's, for the export record
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def adapters(self):
         """The context to generate in: the base model for a base target, the fine-tuned one otherwise."""
         return self.module.adapters_disabled() if self.is_base else nullcontext()
 
+    def request(self, text: str) -> Conversation:
+        """What a user types (a title, a card), formatted as the run's training prompts were."""
+        return self.format.request(text)
+
 
 def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> LoadedModel:
-    """The target's module in eval mode on ``device``; text models come with their datamodule.
+    """The target's module in eval mode on ``device``; text models come with their data's format and their
+    family's encoder (the datamodule is built from config, reads nothing and is not kept).
 
     ``cfg`` provides ``model`` and ``data`` unless the target belongs to a run, whose own config wins.
     """
@@ -68,26 +80,29 @@ def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> Load
         cfg = with_run_config(cfg, target.run_dir)
     if "model" not in cfg:
         raise UserError("no model config: pass a run directory, a checkpoint inside one, or model=<config>")
-    check_model_fits_data(cfg)  # the image branch below resolves model.resolution from cfg.data
+    check_model_fits_data(cfg)
     check_quantization(cfg.model.get("quantization"))
     torch_device = check_device(device)
     cfg = cfg.copy()
     with open_dict(cfg):
         if "metrics" in cfg.model:  # serving computes no FID/CLIP: do not build (or download) their models
             cfg.model.metrics = None
-    kind = kind_of(family_of(cfg.model))
+    family = FAMILIES.of_config(cfg.model)
+    text = {}
+    if family.kind == "text":  # the image datamodule only feeds training and evaluation
+        data = build_data(cfg)
+        text = dict(format=data.format, prompt_template=cfg.data.get("prompt_template"))
     with GLOBAL_RNG:
-        if kind == "image":  # the image datamodule only feeds training and evaluation
-            module, datamodule = instantiate_config(cfg.model), None
-        else:
-            module, datamodule = build_model_and_data(cfg)
+        module = instantiate_config(cfg.model)
         load_target_weights(module, target)  # an adapter's layers are initialised before its weights load
+    if family.kind == "text":
+        text["encoder"] = family.encoder(module.tokenizer, data.lengths, cfg.model)
     module.eval()
     if not cfg.model.get("quantization"):  # k-bit weights are placed by bitsandbytes when loading
         module.to(torch_device)
-    log.info("loaded %s (%s, %s) on %s", target.path or f"the base model {module.pretrained}", target.kind, kind,
-             device)
-    return LoadedModel(module, datamodule, kind, target.kind == "base", torch_device)
+    log.info("loaded %s (%s, %s) on %s", target.path or f"the base model {module.pretrained}", target.kind,
+             family.kind, device)
+    return LoadedModel(module, family.kind, target.kind == "base", torch_device, **text)
 
 
 def load_from_command_line(cfg: DictConfig) -> tuple[EvalTarget, LoadedModel]:

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from omegaconf import DictConfig
 from pydantic import ValidationError
 
+from src.conversation import one_turn, prompt_text
 from src.errors import UserError
 from src.serving import generation as gen
 from src.serving.app import validation_message
@@ -139,10 +140,10 @@ def playground(cfg: DictConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
                         "use python generate.py or the API's POST /api/generate for images")
 
     def generate(text: str, raw: bool, settings: dict[str, Any], seed: int | None):
-        source = text if raw else loaded.datamodule.format_source(text)
-        (output,), used = gen.generate_texts(loaded, [source], settings, seed)
-        return source, output, used
+        request = one_turn(text) if raw else loaded.request(text)
+        (output,), used = gen.generate_texts(loaded, [request], settings, seed)
+        return prompt_text(request), output, used
 
-    print(f"playground: {target.path or 'the base model'} ({target.kind}, {loaded.module.encoding})", file=stdout)
+    print(f"playground: {target.path or 'the base model'} ({target.kind}, {loaded.module.family_name})", file=stdout)
     Playground(generate, gen.text_settings(loaded), request_models(cfg.limits).TextSettings, stdin, stdout,
                seed=cfg.sampling_seed).run()

@@ -18,9 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from src.families.registry import FAMILIES
 from src.targets import EvalTarget, is_adapter_dir, run_dir_of
 from src.trust import Refused, read_run_config
 
@@ -35,7 +35,7 @@ SKIP_DIRS = {"checkpoints", "adapter", "tensorboard", "csv", "wandb", "mlruns", 
 class ModelEntry:
     name: str
     kind: str  # "text" or "image"
-    family: str  # the module's encoding: seq2seq, causal, diffusion
+    family: str  # the model family's name (src/families)
     source: str  # "base", "checkpoint", "last" or "adapter"
     base: str  # the base model (hub id, local directory or tiny-model builder)
     target: EvalTarget = field(repr=False)
@@ -51,12 +51,13 @@ class ModelEntry:
 
 
 def family_of(model_cfg: DictConfig) -> str:
-    """The LightningModule's ``encoding`` (seq2seq, causal, diffusion), read from its class."""
-    return get_class(model_cfg._target_).encoding
+    """The name of the model config's family (from its ``_target_`` class, not instantiated)."""
+    return FAMILIES.of_config(model_cfg).name
 
 
 def kind_of(family: str) -> str:
-    return "image" if family == "diffusion" else "text"
+    """What the family generates: "text" or "image" (which endpoints serve it)."""
+    return FAMILIES.get(family).kind
 
 
 def describe_base(pretrained: Any) -> str:

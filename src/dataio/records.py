@@ -55,9 +55,9 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from src.atomic import atomic_path, remove_orphan_temp_files
-from src.datamodules import cleaning, column_cleaning
-from src.datamodules.cleaning import word_count_column
-from src.datamodules.column_cleaning import clean_column
+from src.dataio import cleaning, column_cleaning
+from src.dataio.cleaning import word_count_column
+from src.dataio.column_cleaning import clean_column
 from src.errors import UserError
 
 ON_BAD_RECORD = ("skip", "error")

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from src.datamodules import cleaning
+from src.dataio import cleaning
 
 _ENTITY = re.compile(r"&(?:[A-Za-z0-9]+|#[0-9]+|#[xX][0-9a-fA-F]+);")
 _ENTITY_WIDTHS = (12, 34)  # "&", a name, ";": the longest HTML5 name has 32 characters
