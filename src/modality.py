@@ -78,10 +78,16 @@ def _suggestions(family: ModelFamily, kind: str) -> str:
     options = []
     if models:
         article = "an" if kind[0] in "aeiou" else "a"
-        options.append(f"{article} {kind} model (model={', '.join(_offline_first(models))})")
+        options.append(f"{article} {kind} model (model={_listed(_offline_first(models))})")
     if datasets:
         options.append(f"{family.kind} data (data={', '.join(_offline_first(datasets))})")
     return "pick " + " or ".join(options) if options else "pick a model and data of the same kind"
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, and how many more there are (a line stays a line)."""
+    more = f", ... ({len(names)} in conf/)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _offline_first(names: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from src import distributed
 from src.errors import UserError, find_user_error
 from src.modules.attention import check_attention
+from src.pretrained.loading import check_attn_implementation
 from src.pretrained.quantization import check_quantization
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def check_hardware(cfg: DictConfig) -> None:
     """Everything the hardware must support, checked before any model is loaded."""
     check_quantization(cfg.model.get("quantization"))
     check_attention(cfg.model.get("attention"))
+    check_attn_implementation(cfg.model.get("attn_implementation"))
     check_trainer_config(cfg.trainer)
 
 

@@ -148,13 +148,13 @@ def test_family_names_are_written_in_the_family_registry_alone():
     from src.families.registry import FAMILIES
 
     names = set(FAMILIES.names())
-    assert {"seq2seq", "causal", "diffusion"} <= names
+    assert {"seq2seq", "causal", "chat", "diffusion"} <= names
     outside = [f"{path.relative_to(ROOT)}:{line} {value!r}" for name, path in MODULES.items()
                if not name.startswith("src.families") for line, value in string_constants(path) if value in names]
     assert outside == [], "family names compared or spelled outside src/families/:\n" + "\n".join(outside)
 
 
-@pytest.mark.parametrize("name", ["seq2seq", "causal", "diffusion"])
+@pytest.mark.parametrize("name", ["seq2seq", "causal", "chat", "diffusion"])
 def test_every_built_in_family_keeps_the_family_contract(name):
     from src.families.registry import FAMILIES
     from src.families.protocol import ModelFamily, missing_members

@@ -84,3 +84,26 @@ def clean_column(texts: pa.Array) -> pa.Array:
 def word_count_column(texts: pa.Array) -> pa.Array:
     """``word_count`` of every row of a ``clean_column`` result."""
     return pc.if_else(pc.equal(pc.binary_length(texts), 0), 0, pc.add(pc.count_substring(texts, " "), 1))
+
+
+# -- light cleaning: conversations keep their line breaks, indentation and markup -----------------------------
+_LINE_ENDS = "\r\n|\r"
+
+
+def light_clean_text(text: str) -> str:
+    """NFKC and invisible characters dropped, line endings as ``\\n``, the ends trimmed; nothing else (code,
+    markdown and ``<tags>`` in a conversation mean what they say).
+
+    >>> light_clean_text("  def f():\\r\\n    return '<b>'\\u200b  ")
+    "def f():\\n    return '<b>'"
+    """
+    text = unicodedata.normalize("NFKC", re.sub(_LINE_ENDS, "\\n", text))
+    return _INVISIBLE.sub("", text).strip()
+
+
+def light_clean_column(texts: pa.Array) -> pa.Array:
+    """``light_clean_text`` over an Arrow string array (nulls stay null)."""
+    texts = pc.replace_substring_regex(texts, _LINE_ENDS, "\n")
+    texts = pc.utf8_normalize(texts, "NFKC")
+    texts = pc.replace_substring_regex(texts, _INVISIBLE.pattern, "")
+    return pc.utf8_trim_whitespace(texts)

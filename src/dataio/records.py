@@ -56,7 +56,8 @@ from tqdm.auto import tqdm
 
 from src.atomic import atomic_path, remove_orphan_temp_files
 from src.dataio import cleaning, column_cleaning
-from src.dataio.cleaning import word_count_column
+from src.dataio import fields as record_fields
+from src.dataio.cleaning import light_clean_column, word_count_column
 from src.dataio.column_cleaning import clean_column
 from src.errors import UserError
 
@@ -68,6 +69,7 @@ PIECE_LINES = 1024  # after a line Arrow refused, the rest of the block goes bac
 MAX_LINE_BYTES = 64 << 20  # a longer line (or JSON array item) is not a record: the file is refused
 BOM = b"\xef\xbb\xbf"
 HASH_READ_BYTES = 8 << 20
+CLEANERS = {"full": clean_column, "light": light_clean_column, "none": lambda texts: texts}
 
 
 def _bad(where: str, reason: str, on_bad_record: str) -> None:
@@ -287,15 +289,17 @@ class _BlockParser:
     ``skip_reason`` per line, in line order; raises at the first bad line when ``on_bad_record=error``."""
 
     def __init__(self, path: str, fields: tuple[str, ...], on_bad_record: str, unit: str = "line",
-                 id_field: str | None = "uid"):
+                 id_field: str | None = "uid", types: Mapping[str, str] | None = None):
         self.path, self.fields, self.on_bad_record, self.id_field = path, fields, on_bad_record, id_field
+        self.types = {k: (types or {}).get(k, record_fields.TEXT) for k in fields}
         name = Path(path).name
         # where a record is, in messages and as the uid of a record without one
         self.where = (lambda n: f"{path}:{n}") if unit == "line" else (lambda n: f"{path}: item {n}")
         self.uid_prefix = f"{name}:" if unit == "line" else f"{name}:item"
         keys = (id_field, *fields) if id_field else fields
         self.read_keys = frozenset(keys)
-        self.schema = pa.schema([(k, pa.string()) for k in keys])
+        self.schema = pa.schema([(id_field, pa.string())] * bool(id_field)
+                                + [(k, record_fields.parse_type(self.types[k])) for k in fields])
         # extra fields (LF-AmazonTitles' target_ind, ...) are skipped, not converted
         self.options = pj.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore")
 
@@ -355,18 +359,20 @@ class _BlockParser:
     def _with_reasons(self, first_line: int, table: pa.Table) -> pa.Table:
         """Reasons for a parsed block: ``bad_field:<name>`` where a field is missing or null."""
         reason = pa.nulls(table.num_rows, pa.string())
+        values = {k: record_fields.canonical(table[k], self.types[k]) for k in self.fields}
         for field in reversed(self.fields):  # the first missing field names the reason
-            reason = pc.if_else(pc.is_null(table[field]), f"bad_field:{field}", reason)
+            reason = pc.if_else(record_fields.missing(values[field], self.types[field]), f"bad_field:{field}", reason)
         bad = pc.indices_nonzero(pc.is_valid(reason))
         if len(bad) and self.on_bad_record == "error":
             row = bad[0].as_py()
-            _bad(self.where(first_line + row), f"field '{reason[row].as_py().split(':')[1]}' is missing, null or "
-                 "not a string", self.on_bad_record)
+            field = reason[row].as_py().split(':')[1]
+            _bad(self.where(first_line + row), f"field '{field}' is missing, null or not {_expected(self.types[field])}",
+                 self.on_bad_record)
         uid = table[self.id_field] if self.id_field else pa.nulls(table.num_rows, pa.string())
         if uid.null_count:  # no id: name the line
             lines = pc.add(pa.array(range(table.num_rows), pa.int64()), first_line).cast(pa.string())
             uid = pc.coalesce(uid, pc.binary_join_element_wise(self.uid_prefix, lines, ""))
-        return pa.table({"uid": uid, **{k: table[k] for k in self.fields}, "skip_reason": pc.fill_null(reason, "")})
+        return pa.table({"uid": uid, **values, "skip_reason": pc.fill_null(reason, "")})
 
     def _line_by_line(self, first_line: int, block: bytes) -> pa.Table:
         rows: dict[str, list] = {k: [] for k in ("uid", *self.fields, "skip_reason")}
@@ -404,13 +410,29 @@ class _BlockParser:
                 _bad(where, f"key '{repeated[0]}' given twice", self.on_bad_record)
                 add(uid, "duplicate_key")
                 continue
-            bad_field = next((k for k in self.fields if not isinstance(raw.get(k), str)), None)
+            values = {k: record_fields.python_value(raw.get(k), self.types[k]) for k in self.fields}
+            bad_field = next((k for k in self.fields if values[k] is None), None)
             if bad_field is not None:
-                _bad(where, f"field '{bad_field}' is missing, null or not a string", self.on_bad_record)
+                _bad(where, f"field '{bad_field}' is missing, null or not {_expected(self.types[bad_field])}",
+                     self.on_bad_record)
                 add(uid, f"bad_field:{bad_field}")
                 continue
-            add(uid, "", {k: _utf8(raw[k]) for k in self.fields})
-        return pa.table({k: pa.array(v, pa.string()) for k, v in rows.items()})
+            add(uid, "", {k: _utf8_value(v) for k, v in values.items()})
+        types = {"uid": pa.string(), "skip_reason": pa.string(),
+                 **{k: record_fields.arrow_type(self.types[k]) for k in self.fields}}
+        return pa.table({k: pa.array(v, types[k]) for k, v in rows.items()})
+
+
+def _expected(kind: str) -> str:
+    keys = record_fields.message_keys(kind)
+    return f"a list of {{{keys[0]}, {keys[1]}}} text objects" if keys else "a string"
+
+
+def _utf8_value(value):
+    """A text, or a message list's contents, without lone surrogates."""
+    if isinstance(value, list):
+        return [{"role": _utf8(m["role"]), "content": _utf8(m["content"])} for m in value]
+    return _utf8(value)
 
 
 def _utf8(text: str) -> str:
@@ -445,16 +467,20 @@ class _RecordFilter:
     """Cleaning, quality filters and deduplication of parsed blocks, in file order."""
 
     def __init__(self, fields: tuple[str, ...], dedupe: tuple[str, ...], min_words: dict[str, int],
-                 max_words: dict[str, int], distinct: tuple[str, ...]):
+                 max_words: dict[str, int], distinct: tuple[str, ...], types: Mapping[str, str] | None = None,
+                 cleaning: str = "full"):
         self.fields, self.dedupe, self.distinct = fields, dedupe, distinct
+        self.types = {k: (types or {}).get(k, record_fields.TEXT) for k in fields}
+        self.cleaner = CLEANERS[cleaning]
         self.min_words, self.max_words = min_words, max_words
         self.seen: set[bytes] = set()  # 16-byte digests, not the texts, so 2M records stay small
 
     def clean(self, table: pa.Table) -> pa.Table:
         """Cleaned fields and every reason but ``duplicate``; blocks may go through this in any order."""
         reason = table["skip_reason"].combine_chunks()
-        clean = {k: pc.fill_null(clean_column(table[k].combine_chunks()), "") for k in self.fields}
-        conditions = [(pc.equal(clean[k], ""), f"empty:{k}") for k in self.fields]
+        clean = {k: record_fields.clean(table[k].combine_chunks(), self.types[k], self.cleaner) for k in self.fields}
+        conditions = [(record_fields.empty(clean[k], self.types[k]), f"empty:{k}") for k in self.fields
+                      if self.types[k] != record_fields.OPTIONAL_TEXT]
         conditions += [(pc.invert(_has_words(clean[k], n)), f"too_short:{k}") for k, n in self.min_words.items()]
         conditions += [(_has_words(clean[k], n + 1), f"too_long:{k}") for k, n in self.max_words.items()]
         reason = _first_reason(conditions, reason)
@@ -468,7 +494,8 @@ class _RecordFilter:
         if self.dedupe:
             reason = self._mark(reason, self._repeated(clean, reason), "duplicate")
         usable = pc.equal(reason, "")
-        return pa.table({**{k: pc.if_else(usable, clean[k], "") for k in self.fields}, "uid": table["uid"],
+        return pa.table({**{k: pc.if_else(usable, clean[k], record_fields.blank(self.types[k])) for k in self.fields},
+                         "uid": table["uid"],
                          "skip_reason": reason})
 
     @staticmethod
@@ -493,7 +520,8 @@ class _RecordFilter:
     def _repeated(self, clean: dict[str, pa.Array], reason: pa.Array) -> list[int]:
         """Usable rows whose cleaned ``dedupe`` fields were seen before (here or in an earlier block)."""
         rows = np.flatnonzero(np.asarray(pc.equal(reason, "")))
-        joined = pc.binary_join_element_wise(*(clean[k] for k in self.dedupe), "\x1f")
+        joined = pc.binary_join_element_wise(*(record_fields.key_text(clean[k], self.types[k]) for k in self.dedupe),
+                                             "\x1f")
         data, offsets = column_cleaning.utf8_buffers(joined)
         data, digest, repeated = memoryview(data), xxhash.xxh3_128_digest, []
         # the bytes of each row hashed where they lie: no Python string per row (xxHash: 5x blake2b's speed)
@@ -541,10 +569,10 @@ def _write_records(raw_tables: Iterator[RawTable], record_filter: _RecordFilter,
 
 
 def _jsonl_raw_tables(files: Sequence[str], fields: tuple[str, ...], on_bad_record: str, id_field: str | None,
-                      block_bytes: int | None) -> Iterator[RawTable]:
+                      block_bytes: int | None, types: Mapping[str, str]) -> Iterator[RawTable]:
     for file in files:
         unit, blocks = record_blocks(file, block_bytes)
-        parse = _BlockParser(file, fields, on_bad_record, unit, id_field)
+        parse = _BlockParser(file, fields, on_bad_record, unit, id_field, types)
         for first_line, block in blocks:
             yield partial(parse, first_line, block), len(block)
 
@@ -560,9 +588,11 @@ def _as_text(column: pa.ChunkedArray, where: str) -> pa.Array:
         raise UserError(f"{where} holds {column.type} values, not text — map data.columns to a text column") from None
 
 
-def _raw_table(batch: pa.Table, name: str, first_row: int, fields: tuple[str, ...], id_field: str | None) -> pa.Table:
+def _raw_table(batch: pa.Table, name: str, first_row: int, fields: tuple[str, ...], id_field: str | None,
+               types: Mapping[str, str]) -> pa.Table:
     """A batch of a table as a raw table: its rows are numbered from 1 in the uid of a row without an id."""
-    texts = {k: _as_text(batch[k], f"{name}: column '{k}'") for k in fields}
+    texts = {k: record_fields.from_table(batch[k], types.get(k, record_fields.TEXT), f"{name}: column '{k}'")
+             for k in fields}
     uid = (_as_text(batch[id_field], f"{name}: column '{id_field}'") if id_field
            else pa.nulls(batch.num_rows, pa.string()))
     if uid.null_count:
@@ -572,11 +602,11 @@ def _raw_table(batch: pa.Table, name: str, first_row: int, fields: tuple[str, ..
 
 
 def _table_raw_tables(parts: Sequence[tuple[str, Callable[[], datasets.Dataset]]], fields: tuple[str, ...],
-                      id_field: str | None, batch_rows: int) -> Iterator[RawTable]:
+                      id_field: str | None, batch_rows: int, types: Mapping[str, str]) -> Iterator[RawTable]:
     for name, read in parts:
         first_row = 1
         for batch in read().with_format("arrow").iter(batch_size=batch_rows):  # memory-mapped: bounded memory
-            yield partial(_raw_table, batch, name, first_row, fields, id_field), batch.num_rows
+            yield partial(_raw_table, batch, name, first_row, fields, id_field, types), batch.num_rows
             first_row += batch.num_rows
 
 
@@ -590,11 +620,11 @@ def content_hash(path: str) -> str:
 
 
 def code_hash() -> str:
-    """The reading and cleaning code's own hash (this file, cleaning.py and column_cleaning.py), with the versions
+    """The reading and cleaning code's own hash (this file, cleaning.py, column_cleaning.py, fields.py), with the versions
     of the Unicode tables it relies on (Arrow's NFKC, Python's html and casefold): any change to them rebuilds the
     caches."""
     digest = hashlib.blake2b(digest_size=16)
-    for source in (__file__, cleaning.__file__, column_cleaning.__file__):
+    for source in (__file__, cleaning.__file__, column_cleaning.__file__, record_fields.__file__):
         digest.update(Path(source).read_bytes())
     digest.update(f"{pa.__version__} {unicodedata.unidata_version}".encode())
     return digest.hexdigest()
@@ -608,8 +638,10 @@ def _stamp(file: str, missing_hint: str) -> tuple[str, int, str]:
 
 def _filter_options(fields: Sequence[str], on_bad_record: str, dedupe: bool | Sequence[str],
                     min_words: Mapping[str, int | None] | None, max_words: Mapping[str, int | None] | None,
-                    distinct: Sequence[str]) -> dict:
+                    distinct: Sequence[str], types: Mapping[str, str] | None = None, cleaning: str = "full") -> dict:
     """The options checked and normalised: 0 / None mean "off"; sorted tuples, so equal settings give equal keys."""
+    if cleaning not in CLEANERS:
+        raise UserError(f"data.cleaning={cleaning!r} is not one of {', '.join(CLEANERS)}")
     if on_bad_record not in ON_BAD_RECORD:
         raise UserError(f"data.on_bad_record={on_bad_record!r} is not one of {ON_BAD_RECORD}")
     reserved = {"uid", "skip_reason"} & set(fields)
@@ -622,6 +654,11 @@ def _filter_options(fields: Sequence[str], on_bad_record: str, dedupe: bool | Se
     named = {k for k, _ in options["min_words"] + options["max_words"]} | {*options["distinct"], *options["dedupe"]}
     if not named <= set(fields) or len(options["distinct"]) not in (0, 2):
         raise UserError(f"quality filters must name the fields {list(fields)} (and distinct exactly two of them)")
+    types = {k: record_fields.check(v) for k, v in (types or {}).items() if v != record_fields.TEXT}
+    if types:  # only what differs from all-text: the keys of existing caches stay as they were
+        options["types"] = tuple(sorted(types.items()))
+    if cleaning != "full":
+        options["cleaning"] = cleaning
     return options
 
 
@@ -635,9 +672,13 @@ def _cached_records(key: tuple, cache_dir: str, fields: Sequence[str], options: 
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{path}.lock"):  # one process writes; the others wait and then read its file
             if not path.is_file():
-                features = datasets.Features({k: datasets.Value("string") for k in [*fields, "uid", "skip_reason"]})
+                types = dict(options.get("types", ()))
+                features = datasets.Features({**{k: record_fields.feature(types.get(k, record_fields.TEXT))
+                                                 for k in fields},
+                                              "uid": datasets.Value("string"), "skip_reason": datasets.Value("string")})
                 record_filter = _RecordFilter(tuple(fields), options["dedupe"], dict(options["min_words"]),
-                                              dict(options["max_words"]), options["distinct"])
+                                              dict(options["max_words"]), options["distinct"], types,
+                                              options.get("cleaning", "full"))
                 remove_orphan_temp_files(path.parent)  # left by a process killed while writing
                 # a crash mid-write leaves no half cache behind, nor a complete-looking name over unwritten data
                 with atomic_path(path) as partial_path:
@@ -649,10 +690,13 @@ def load_jsonl_records(files: list[str], fields: list[str], cache_dir: str, on_b
                        dedupe: bool | Sequence[str] = True, min_words: Mapping[str, int | None] | None = None,
                        max_words: Mapping[str, int | None] | None = None, distinct: Sequence[str] = (),
                        progress: bool = False, block_bytes: int | None = None,
-                       id_field: str | None = "uid") -> datasets.Dataset:
+                       id_field: str | None = "uid", field_types: Mapping[str, str] | None = None,
+                       cleaning: str = "full") -> datasets.Dataset:
     """Parse, validate, clean, filter and dedupe once; later calls reuse the Arrow cache.
 
-    ``fields`` are the keys read as text (each required); ``id_field`` is the key read as the record's ``uid``
+    ``fields`` are the keys read, as text unless ``field_types`` says otherwise (``src.dataio.fields``: optional
+    text, a list of messages); ``cleaning`` is ``full`` (``clean_column``), ``light`` (``light_clean_column``:
+    line breaks and markup kept, for conversations) or ``none``. ``id_field`` is the key read as the record's ``uid``
     (None: none is, and a record is named by its file and line). Optional quality filters skip a record when a
     field has fewer than ``min_words[field]`` words (``too_short:<field>``) or more than ``max_words[field]``
     (``too_long:<field>``), or when the two ``distinct`` fields are equal ignoring case (``<a>_equals_<b>``).
@@ -660,14 +704,15 @@ def load_jsonl_records(files: list[str], fields: list[str], cache_dir: str, on_b
     fields that decide. ``progress`` shows a bar over the bytes read; ``block_bytes`` sets the size of the
     blocks read (default ``BLOCK_BYTES``). Neither changes the rows, so neither is part of the cache key.
     """
-    options = _filter_options(fields, on_bad_record, dedupe, min_words, max_words, distinct)
+    options = _filter_options(fields, on_bad_record, dedupe, min_words, max_words, distinct, field_types, cleaning)
+    types = dict(field_types or {})
     hint = "put the files there, set data.train_file / data.test_file, or use the bundled sample (data=amazon_sample)"
     stamps = [_stamp(file, hint) for file in files]
 
     def write(record_filter: _RecordFilter, features: datasets.Features, path: Path) -> None:
         with tqdm(total=sum(s[1] for s in stamps), unit="B", unit_scale=True, desc="prepare records",
                   disable=not progress) as bar:
-            raw = _jsonl_raw_tables([s[0] for s in stamps], tuple(fields), on_bad_record, id_field, block_bytes)
+            raw = _jsonl_raw_tables([s[0] for s in stamps], tuple(fields), on_bad_record, id_field, block_bytes, types)
             _write_records(raw, record_filter, features, path, bar)
 
     key = ("jsonl", stamps, on_bad_record) + ((id_field,) if id_field != "uid" else ())
@@ -679,7 +724,8 @@ def load_table_records(parts: Sequence[tuple[str, Callable[[], datasets.Dataset]
                        min_words: Mapping[str, int | None] | None = None,
                        max_words: Mapping[str, int | None] | None = None, distinct: Sequence[str] = (),
                        progress: bool = False, id_field: str | None = None,
-                       batch_rows: int = 10_000) -> datasets.Dataset:
+                       batch_rows: int = 10_000, field_types: Mapping[str, str] | None = None,
+                       cleaning: str = "full") -> datasets.Dataset:
     """Tables that ``datasets`` reads (CSV, Parquet, a saved dataset), cleaned, filtered and deduplicated like
     ``load_jsonl_records`` and cached the same way.
 
@@ -688,12 +734,13 @@ def load_table_records(parts: Sequence[tuple[str, Callable[[], datasets.Dataset]
     cache key, with ``key`` (how the tables are read). Columns other than strings are written out as text (a
     nested one is refused); a null cell is empty (``empty:<field>``): a table has no malformed records.
     """
-    options = _filter_options(fields, "skip", dedupe, min_words, max_words, distinct)
+    options = _filter_options(fields, "skip", dedupe, min_words, max_words, distinct, field_types, cleaning)
+    types = dict(field_types or {})
     stamps = [_stamp(file, "check the data paths") for file in files]
 
     def write(record_filter: _RecordFilter, features: datasets.Features, path: Path) -> None:
         with tqdm(unit=" rows", desc="prepare records", disable=not progress) as bar:
-            raw = _table_raw_tables(parts, tuple(fields), id_field, batch_rows)
+            raw = _table_raw_tables(parts, tuple(fields), id_field, batch_rows, types)
             _write_records(raw, record_filter, features, path, bar)
 
     return _cached_records(("table", stamps, key, [name for name, _ in parts], id_field), cache_dir, fields,

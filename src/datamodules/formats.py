@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol
 
-from src.conversation import Conversation, one_turn
+from src.conversation import Conversation, one_turn, order_problem
 from src.dataio.cleaning import clean_text
+from src.dataio.fields import OPTIONAL_TEXT, TEXT
+from src.dataio.fields import messages as messages_type
 from src.errors import UserError
-
-TEXT = "text"  # a field type: one string
-MESSAGES = "messages"  # a field type: a list of {role, content} objects
 
 
 class RecordFormat(Protocol):
@@ -38,7 +37,7 @@ class RecordFormat(Protocol):
         """Each role's column in the file."""
 
     def fields(self) -> dict[str, str]:
-        """The record keys read, each with its type (``TEXT`` or ``MESSAGES``), in order."""
+        """The record keys read, each with its type (``src.dataio.fields``: text, optional text, messages)."""
 
     def samples(self, batch: dict[str, list]) -> tuple[list[Conversation | None], list[str]]:
         """The conversation of each cleaned record of ``batch`` (None when skipped) and its skip reason ("")."""
@@ -164,7 +163,109 @@ class TarotFormat:
         return one_turn(self.prompt(canonical, " ".join(question.split())))
 
 
-FORMATS: dict[str, type] = {"pairs": PairFormat}
+# -- conversations: OpenAI messages, ShareGPT, Alpaca -------------------------------------------------------------
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def conversation_problem(messages: Conversation) -> str:
+    """The skip reason of a conversation a model cannot learn from ("" when it can): roles out of order (see
+    ``src.conversation.order_problem``) or an assistant turn with nothing in it."""
+    if order_problem(messages):
+        return "bad_roles"
+    if any(m["role"] == "assistant" and not m["content"] for m in messages):
+        return "empty:assistant"
+    return ""
+
+
+def _with_system(messages: Conversation, system_prompt: str | None) -> Conversation:
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+@dataclass(frozen=True)
+class MessagesFormat:
+    """OpenAI's chat layout: a ``messages`` list of ``{"role", "content"}`` (extra keys such as ``name`` are
+    ignored). ``system_prompt`` starts the conversations that have no system message of their own."""
+
+    messages: str = "messages"
+    system_prompt: str | None = None
+    roles: ClassVar[tuple[str, ...]] = ("messages",)
+    can_skip: ClassVar[bool] = True
+    role_keys: ClassVar[tuple[str, str]] = ("role", "content")
+    role_names: ClassVar[dict[str, str] | None] = None  # the file's role names → system / user / assistant
+
+    @classmethod
+    def from_config(cls, columns: dict[str, Any], prompt_template: str = "{source}",
+                    system_prompt: str | None = None) -> "MessagesFormat":
+        return cls(columns.get(cls.roles[0]) or cls.roles[0], system_prompt)
+
+    def role_columns(self) -> dict[str, str]:
+        return {self.roles[0]: self.messages}
+
+    def fields(self) -> dict[str, str]:
+        return {self.messages: messages_type(*self.role_keys)}
+
+    def _conversation(self, raw: list[dict]) -> Conversation:
+        names = self.role_names
+        return [{"role": names.get(m["role"], m["role"]) if names else m["role"], "content": m["content"]} for m in raw]
+
+    def samples(self, batch: dict[str, list]) -> tuple[list[Conversation | None], list[str]]:
+        conversations = [_with_system(self._conversation(raw), self.system_prompt) for raw in batch[self.messages]]
+        reasons = [conversation_problem(c) for c in conversations]
+        return [None if r else c for c, r in zip(conversations, reasons)], reasons
+
+    def request(self, text: str) -> Conversation:
+        return one_turn(text, system=self.system_prompt)
+
+
+@dataclass(frozen=True)
+class ShareGPTFormat(MessagesFormat):
+    """ShareGPT: a ``conversations`` list of ``{"from", "value"}``, ``from`` being human, gpt or system."""
+
+    messages: str = "conversations"
+    roles: ClassVar[tuple[str, ...]] = ("conversations",)
+    role_keys: ClassVar[tuple[str, str]] = ("from", "value")
+    role_names: ClassVar[dict[str, str] | None] = SHAREGPT_ROLES
+
+
+@dataclass(frozen=True)
+class AlpacaFormat:
+    """Alpaca: ``instruction`` (with an optional ``input`` after it) asked, ``output`` answered."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    system_prompt: str | None = None
+    roles: ClassVar[tuple[str, ...]] = ("instruction", "input", "output")
+    can_skip: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, columns: dict[str, Any], prompt_template: str = "{source}",
+                    system_prompt: str | None = None) -> "AlpacaFormat":
+        return cls(*(columns.get(role) or role for role in cls.roles), system_prompt)
+
+    def role_columns(self) -> dict[str, str]:
+        return {"instruction": self.instruction, "input": self.input, "output": self.output}
+
+    def fields(self) -> dict[str, str]:
+        return {self.instruction: TEXT, self.input: OPTIONAL_TEXT, self.output: TEXT}
+
+    @staticmethod
+    def question(instruction: str, extra: str) -> str:
+        return f"{instruction}\n\n{extra}" if extra else instruction
+
+    def samples(self, batch: dict[str, list]) -> tuple[list[Conversation | None], list[str]]:
+        conversations = [one_turn(self.question(i, x), o, self.system_prompt)
+                         for i, x, o in zip(batch[self.instruction], batch[self.input], batch[self.output])]
+        return conversations, [""] * len(conversations)
+
+    def request(self, text: str) -> Conversation:
+        return one_turn(text, system=self.system_prompt)
+
+
+FORMATS: dict[str, type] = {"pairs": PairFormat, "openai": MessagesFormat, "sharegpt": ShareGPTFormat,
+                            "alpaca": AlpacaFormat}
 FORMAT_ENTRY_POINTS = "lorafit.formats"
 
 

@@ -49,7 +49,7 @@ class PairsDataModule(TextDataModule):
                  format: str = "pairs", prompt_template: str = "{source}", system_prompt: str | None = None,
                  on_bad_record: str = "skip", dedupe: bool = True, min_source_words: int = 0,
                  max_source_words: int | None = None, min_target_words: int = 0, max_target_words: int | None = None,
-                 drop_source_equals_target: bool = False, **kwargs):
+                 drop_source_equals_target: bool = False, cleaning: str = "full", **kwargs):
         # plain types before save_hyperparameters records them (checkpoints load them)
         columns = dict(columns or {})
         if data_file is not None:  # one path, or a list (a ListConfig from Hydra)
@@ -59,9 +59,10 @@ class PairsDataModule(TextDataModule):
         self.files = [f for files in self.inputs.values() for f in files]
         record_format = format_class(format)
         roles = (*record_format.roles, *OTHER_ROLES)
-        unknown = sorted(set(columns) - set(roles))
+        unknown = sorted(k for k, v in columns.items() if k not in roles and v is not None)
         if unknown:
             raise UserError(f"data.columns.{unknown[0]} is not a column role — use {', '.join(roles)}")
+        columns = {k: v for k, v in columns.items() if k in roles}  # another format's roles, set to null
         self.format: RecordFormat = record_format.from_config(columns, prompt_template, system_prompt)
         self.columns = {**self.format.role_columns(), "id": columns.get("id"), "group": columns.get("group")}
         id_column, group = self.columns["id"], self.columns["group"]
@@ -73,6 +74,7 @@ class PairsDataModule(TextDataModule):
         self.prompt_template = prompt_template
         self.on_bad_record = on_bad_record
         self.dedupe = dedupe
+        self.cleaning = cleaning
         self.filters = self._filters(min_source_words, max_source_words, min_target_words, max_target_words,
                                      drop_source_equals_target)
         self.stratify_column = "group" if group and "all" in self.inputs else None
@@ -117,7 +119,7 @@ class PairsDataModule(TextDataModule):
                 raise UserError(f"data file not found: {file} — {self.MISSING_HINT}")
         wanted = {role: column for role, column in self.columns.items()}
         options = dict(dedupe=list(self.FIELDS) if self.dedupe else False, progress=progress,
-                       id_field=self.columns["id"], **self.filters)
+                       id_field=self.columns["id"], field_types=self.field_types, cleaning=self.cleaning, **self.filters)
         json_files = [f for f in files if is_json_file(f)]
         if json_files and len(json_files) < len(files):
             raise UserError(f"data.data_file mixes JSON and other formats ({files}) — convert them to one format")
@@ -168,8 +170,14 @@ class PairsDataModule(TextDataModule):
         records, files, group = self.record_sets[role], self.inputs[role], self.columns["group"]
         record_format = self.format
 
+        on_bad_record = self.on_bad_record
+
         def to_samples(batch: dict[str, list]) -> dict[str, list]:
             messages, reasons = record_format.samples(batch)
+            bad = next((i for i, reason in enumerate(reasons) if reason), None)
+            if bad is not None and on_bad_record == "error":
+                raise UserError(f"{batch['uid'][bad]}: bad record ({reasons[bad]}) — fix or remove that record, or set "
+                                "data.on_bad_record=skip to skip and count such records")
             out = {"messages": [m or [] for m in messages], "format_skip": reasons}
             return {**out, "group": batch[group]} if group else out
 

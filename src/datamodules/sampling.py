@@ -52,8 +52,9 @@ class ResumableShuffle(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def share(self, epoch: int) -> list:
-        """This process's items for ``epoch``, in order."""
+    def share(self, epoch: int, rank: int | None = None) -> list:
+        """This process's (or ``rank``'s) items for ``epoch``, in order."""
+        rank = self.rank if rank is None else rank
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         if self.lengths is None:
             order = torch.randperm(self.size, generator=g).tolist()
@@ -62,7 +63,7 @@ class ResumableShuffle(DistributedSampler):
         items = list(zip(order, torch.randint(2**31 - 1, (self.size,), generator=g).tolist())) \
             if self.item_seeds else order
         items += items[:self.total_size - self.size]
-        return items[self.rank:self.total_size:self.num_replicas]
+        return items[rank:self.total_size:self.num_replicas]
 
     def __iter__(self):
         start, self.start = self.start, 0
@@ -73,6 +74,11 @@ class ResumableShuffle(DistributedSampler):
 
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` whose state is where its sampler's epoch stands: ``{"epoch", "samples"}``.
+
+    With ``label_tokens`` (one count per item) and ``accumulate``, every batch carries ``step_label_tokens``: the
+    label tokens of the whole optimizer step it belongs to, over all its micro-batches and all processes. The order
+    comes from ``(seed, epoch)`` alone, so every process computes it for every process, without a collective; a
+    loss divided by it is the token mean over the step, whatever batch size, accumulation and process count.
 
     ``grouped`` records whether the order is grouped by length: resuming under the other setting would train
     on another order, so it is refused.
@@ -86,15 +92,41 @@ class ResumableLoader(DataLoader):
     _pass_epoch: int = 0
     _pass_start: int = 0
     _served: int = 0
+    label_tokens: list[int] | None = None
+    accumulate: int = 1
+    trainer: Any = None
 
     def __iter__(self):
         sampler = self.sampler if isinstance(self.sampler, ResumableShuffle) else None
         if sampler is not None:
             self._pass_epoch, self._pass_start = sampler.epoch, sampler.start
         self._served = 0
+        steps = self.step_tokens(self._pass_epoch) if sampler is not None and self.label_tokens is not None else None
+        first = self._pass_start // (self.batch_size or 1)
         for batch in super().__iter__():
+            if steps is not None and isinstance(batch, dict):
+                batch["step_label_tokens"] = torch.tensor(steps[first + self._served])
             self._served += 1
             yield batch
+
+    def step_tokens(self, epoch: int) -> list[int]:
+        """For each batch of ``epoch``: the label tokens of the optimizer step it is in. Lightning steps every
+        ``accumulate`` batches and on the epoch's last batch (``trainer.num_training_batches`` when limited)."""
+        sampler, size = self.sampler, self.batch_size or 1
+        per_batch = None
+        for rank in range(sampler.num_replicas):  # the same batches every process draws: all shares of the step
+            share = sampler.share(epoch, rank)
+            sums = [sum(self.label_tokens[i] for i in share[b:b + size]) for b in range(0, len(share), size)]
+            per_batch = sums if per_batch is None else [a + b for a, b in zip(per_batch, sums)]
+        batches = len(per_batch)
+        limit = getattr(self.trainer, "num_training_batches", None)
+        if isinstance(limit, int) and 0 < limit < batches:
+            batches = limit
+        steps = []
+        for start in range(0, batches, self.accumulate):
+            window = per_batch[start:min(start + self.accumulate, batches)]
+            steps += [sum(window)] * len(window)
+        return steps + per_batch[batches:]
 
     def state_dict(self) -> dict[str, Any]:
         if not isinstance(self.sampler, ResumableShuffle):  # e.g. overfit_batches' sequential sampler
@@ -122,9 +154,11 @@ def grouping_difference(state: dict[str, Any], grouped: bool) -> str | None:
 
 
 def resumable_loader(dataset, batch_size: int, seed: int, trainer=None, item_seeds: bool = False,
-                     lengths: list[int] | None = None, **kwargs: Any) -> ResumableLoader:
+                     lengths: list[int] | None = None, label_tokens: list[int] | None = None,
+                     **kwargs: Any) -> ResumableLoader:
     """The training loader of a datamodule: resumable order, this process's shard under ddp; batches of
-    similar ``lengths`` when given."""
+    similar ``lengths`` when given; each batch with its optimizer step's label tokens when ``label_tokens`` are
+    given (``ResumableLoader``)."""
     dist = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
     world, rank = (dist["num_replicas"], dist["rank"]) if dist else (1, 0)
     sampler = ResumableShuffle(len(dataset), seed, num_replicas=world, rank=rank, item_seeds=item_seeds,
@@ -132,4 +166,8 @@ def resumable_loader(dataset, batch_size: int, seed: int, trainer=None, item_see
     # its own generator: starting a pass draws the workers' base seed from it, not from the global RNG that a
     # resumed run restores (src/callbacks/resume_state.py) — else an epoch's first step would see another draw
     kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
-    return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    loader = ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    if label_tokens is not None:
+        loader.label_tokens, loader.trainer = list(label_tokens), trainer
+        loader.accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer is not None else 1
+    return loader

@@ -9,6 +9,7 @@ tokenizer in one step (``src/families``), and only ``setup`` needs it.
 """
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import datasets
@@ -17,9 +18,10 @@ import pyarrow.compute as pc
 from torch.utils.data import DataLoader
 
 from src.conversation import Conversation
+from src.datamodules.packing import pack
 from src.datamodules.sampling import resumable_loader
 from src.distributed import eval_sampler
-from src.encoders.common import SampleEncoder
+from src.encoders.common import SampleEncoder, packed_collate
 from src.errors import UserError
 
 
@@ -40,7 +42,7 @@ class TextDataModule(L.LightningDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 42,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, limit_train_samples: int | None = None,
                  limit_val_samples: int | None = None, limit_test_samples: int | None = None,
-                 group_by_length: bool = False):
+                 group_by_length: bool = False, max_length: int | None = None, packing: bool = False):
         super().__init__()
         if not (val_fraction > 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
             raise UserError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction}: the first "
@@ -49,6 +51,7 @@ class TextDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.splits: dict[str, datasets.Dataset] = {}
         self.encoder: SampleEncoder | None = None
+        self.encoder_skips: dict[str, int] = {}  # samples the encoder refused (too long after templating), by reason
 
     # -- to implement per dataset ------------------------------------------------------------
     def load_samples(self) -> datasets.Dataset:
@@ -66,11 +69,17 @@ class TextDataModule(L.LightningDataModule):
     # -- the model side ------------------------------------------------------------------------
     @property
     def lengths(self) -> dict[str, int]:
-        """The length limits an encoder truncates to."""
-        return {"max_source_length": self.hparams.max_source_length, "max_target_length": self.hparams.max_target_length}
+        """The length limits an encoder truncates to (``max_length``: a whole templated conversation's)."""
+        hp = self.hparams
+        return {"max_source_length": hp.max_source_length, "max_target_length": hp.max_target_length,
+                **({"max_length": hp.max_length} if hp.max_length else {})}
 
     def connect(self, encoder: SampleEncoder) -> None:
         """The model family's sample encoder (``family.connect`` builds it from the model's tokenizer)."""
+        if self.hparams.packing and not getattr(encoder, "packable", False):
+            raise UserError(f"data.packing=true packs conversations into one sequence, which {type(encoder).__name__} "
+                            "cannot take (an encoder-decoder's inputs and labels are two sequences) — use a causal or "
+                            "chat model, or data.packing=false")
         if self.encoder is not None and self.encoder.fingerprint() != encoder.fingerprint():
             self.splits = {}  # tokenized for another model: tokenize again
         self.encoder = encoder
@@ -116,10 +125,32 @@ class TextDataModule(L.LightningDataModule):
                 part = part.select(range(min(limits[name], len(part))))
             part = part.map(self.encoder, batched=True, desc=f"tokenize {name}",
                             new_fingerprint=self._fingerprint(part, name))
+            part = self._drop_refused(part, name)
+            if name == "train" and hp.packing:
+                part = pack(part, self.encoder.max_length)
             if name != "train":  # generation is fastest on length-sorted batches
                 part = part.sort("length", reverse=True)
                 prepared[key] = part
             self.splits[name] = part
+
+    def _drop_refused(self, part: datasets.Dataset, name: str) -> datasets.Dataset:
+        """Samples the encoder refused (``skip``: a conversation over ``max_length`` tokens) are dropped and counted,
+        or, with ``data.on_bad_record=error``, stop the run naming the first."""
+        if "skip" not in part.column_names:
+            return part
+        reasons = part["skip"]
+        refused = [i for i, reason in enumerate(reasons) if reason]
+        if refused and getattr(self, "on_bad_record", "skip") == "error":
+            raise UserError(f"{part[refused[0]]['uid']}: bad record ({reasons[refused[0]]}: longer than "
+                            f"data.max_length={self.encoder.max_length} tokens after the chat template) — shorten or "
+                            "remove it, raise data.max_length, or set data.on_bad_record=skip")
+        for i in refused:
+            self.encoder_skips[reasons[i]] = self.encoder_skips.get(reasons[i], 0) + 1
+        kept = part.select([i for i, reason in enumerate(reasons) if not reason]) if refused else part
+        if not len(kept):
+            raise UserError(f"every {name} sample is longer than data.max_length={self.encoder.max_length} tokens "
+                            "after the chat template — raise data.max_length")
+        return kept.remove_columns("skip")
 
     def _fingerprint(self, part: datasets.Dataset, name: str) -> str:
         return hashlib.sha256(f"{part._fingerprint}|{name}|{self.encoder.fingerprint()}".encode()).hexdigest()[:16]
@@ -130,7 +161,11 @@ class TextDataModule(L.LightningDataModule):
                       persistent_workers=hp.num_workers > 0)
         if name == "train":  # an order from (seed, epoch) that a resumed run replays, sharded under ddp
             lengths = self.train_lengths() if hp.group_by_length else None
-            return resumable_loader(self.splits[name], hp.batch_size, hp.seed, self.trainer, lengths=lengths, **common)
+            if hp.packing:
+                common["collate_fn"] = partial(packed_collate, pad_id=self.encoder.pad_id)
+            # each batch carries its optimizer step's label tokens: the loss is the token mean over the step
+            return resumable_loader(self.splits[name], hp.batch_size, hp.seed, self.trainer, lengths=lengths,
+                                    label_tokens=self.splits[name]["label_tokens"], **common)
         # evaluation on several processes: each sample once (Lightning's default sampler would repeat some)
         return DataLoader(self.splits[name], batch_size=hp.eval_batch_size or hp.batch_size,
                           sampler=eval_sampler(self.splits[name], self.trainer), **common)
@@ -154,5 +189,7 @@ class TextDataModule(L.LightningDataModule):
         sizes = {name: len(part) for name, part in self.splits.items()}
         lengths = {name: round(pc.mean(part.with_format("arrow")["length"]).as_py(), 1)
                    for name, part in self.splits.items() if len(part)}
-        return {"name": type(self).__name__, "sizes": sizes, "skipped": self.skipped(),
-                "mean_source_tokens": lengths}
+        packed = {"packed_rows": len(self.splits["train"]), "packed_samples": sum(self.splits["train"]["samples"])} \
+            if self.hparams.packing and "train" in self.splits else {}
+        return {"name": type(self).__name__, "sizes": sizes, "skipped": {**self.skipped(), **self.encoder_skips},
+                "mean_source_tokens": lengths, **packed}

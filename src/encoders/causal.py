@@ -7,17 +7,19 @@ continues every prompt from the same position.
 
 from typing import Any
 
-from src.encoders.common import batch_texts, pad, request_batch, texts_of
+from src.encoders.common import decoder_collate, label_tokens, request_batch, texts_of
 from src.errors import UserError
 
 
 class CausalEncoder:
-    def __init__(self, tokenizer, max_source_length: int, max_target_length: int):
+    packable = True
+    def __init__(self, tokenizer, max_source_length: int, max_target_length: int, max_length: int | None = None):
         if tokenizer.eos_token_id is None:
             raise UserError(f"tokenizer {tokenizer.name_or_path} has no eos token; a causal LM needs one to end targets")
         self.tokenizer = tokenizer
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
+        self.max_length = max_length or max_source_length + max_target_length  # a packed row's
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def fingerprint(self) -> str:
@@ -36,22 +38,17 @@ class CausalEncoder:
         # long prompts lose their beginning, not the cue at their end ("\nDescription:")
         prompts = [ids[-self.max_source_length:] for ids in self._prompts(sources)]
         answers = self._answers(targets, truncation=True, max_length=self.max_target_length - 1)
-        return {"input_ids": [p + a + [eos] for p, a in zip(prompts, answers)],
-                "labels": [[-100] * len(p) + a + [eos] for p, a in zip(prompts, answers)],
-                "prompt_ids": prompts, "length": [len(p) for p in prompts]}
+        labels = [[-100] * len(p) + a + [eos] for p, a in zip(prompts, answers)]
+        return {"input_ids": [p + a + [eos] for p, a in zip(prompts, answers)], "labels": labels,
+                "prompt_ids": prompts, "length": [len(p) for p in prompts],
+                "label_tokens": [label_tokens(ids, shifted=True) for ids in labels]}
 
     def lengths(self, batch: dict[str, list]) -> tuple[list[int], list[int]]:
         sources, targets = texts_of(batch)
         return [len(p) for p in self._prompts(sources)], [len(a) + 1 for a in self._answers(targets)]  # + eos
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = [f["input_ids"] for f in features]
-        prompts = [f["prompt_ids"] for f in features]
-        return {"input_ids": pad(ids, self.pad_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-                "labels": pad([f["labels"] for f in features], -100),
-                "prompt_input_ids": pad(prompts, self.pad_id, "left"),
-                "prompt_attention_mask": pad([[1] * len(p) for p in prompts], 0, "left"),
-                **batch_texts(features)}
+        return decoder_collate(features, self.pad_id)
 
     def prompt_batch(self, requests) -> dict[str, Any]:
         return request_batch(self, requests)

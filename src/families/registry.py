@@ -1,6 +1,6 @@
 """The family registry: every part of lorafit that needs to know a model's family asks ``FAMILIES``.
 
-Built in: seq2seq, causal, diffusion. More come from a package's entry points (group ``lorafit.families``, each
+Built in: seq2seq, causal, chat, diffusion. More come from a package's entry points (group ``lorafit.families``, each
 naming a ``ModelFamily`` object: ``toy = "mypkg.toy:TOY"``), loaded on first use; from a ``FAMILY`` object defined
 in the same module as its LightningModule (found when a config names that module's class); or from
 ``FAMILIES.register``. A LightningModule names its family by ``family_name``; a model config's family is that of
@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from src.errors import UserError
 from src.families.causal import CAUSAL
+from src.families.chat import CHAT
 from src.families.diffusion import DIFFUSION
 from src.families.protocol import KINDS, ModelFamily, missing_members
 from src.families.seq2seq import SEQ2SEQ
@@ -86,4 +87,4 @@ class FamilyRegistry:
         return self.of_target(str(model_cfg._target_))
 
 
-FAMILIES = FamilyRegistry([SEQ2SEQ, CAUSAL, DIFFUSION])
+FAMILIES = FamilyRegistry([SEQ2SEQ, CAUSAL, CHAT, DIFFUSION])

@@ -16,7 +16,7 @@ from src.metrics.loss import EvalLoss
 from src.metrics.text import MONITORABLE, TextGenerationMetrics, sentence_rouge_l
 from src.modules.base import LoRAModuleBase, comparable
 from src.modules.lora import lora_text_model
-from src.pretrained.loading import load_pretrained, load_tokenizer
+from src.pretrained.loading import base_load_kwargs, check_attn_implementation, load_pretrained, load_tokenizer
 from src.pretrained.quantization import check_quantization, prepare_for_kbit, quantized_load_kwargs
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class TextLoRAModule(LoRAModuleBase):
     def __init__(self, pretrained: str, lora: LoraConfig, optimizer, scheduler=None,
                  generation: dict | None = None, monitor: str = "val/rougeL", mode: str = "max",
                  gradient_checkpointing: bool = False, quantization: str | None = None,
-                 eval_loss: bool | None = None):
+                 eval_loss: bool | None = None, attn_implementation: str | None = None, dtype: str | None = None):
         super().__init__(pretrained, lora, optimizer, scheduler, generation, monitor, mode)
         if eval_loss is False and self.monitor_is_loss:
             raise UserError(f"model.eval_loss=false but model.monitor={monitor} needs the evaluation loss "
@@ -40,8 +40,11 @@ class TextLoRAModule(LoRAModuleBase):
 
         self.quantization = quantization
         check_quantization(quantization)
+        check_attn_implementation(attn_implementation)
+        self.attn_implementation, self.dtype_name = attn_implementation, dtype
         self.tokenizer = load_tokenizer(self.pretrained)
-        base = load_pretrained(self.auto_class, self.pretrained, **quantized_load_kwargs(quantization))
+        base = load_pretrained(self.auto_class, self.pretrained, **quantized_load_kwargs(quantization),
+                               **base_load_kwargs(attn_implementation, dtype))
         if quantization:
             base = prepare_for_kbit(base, gradient_checkpointing)
         elif gradient_checkpointing:
@@ -63,20 +66,47 @@ class TextLoRAModule(LoRAModuleBase):
 
     # -- training ----------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]):
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        """The model's loss on a batch: the token mean of its labels (packed rows: position ids, no mask)."""
+        # no cache: transformers builds the block-diagonal mask from packed position ids only without one
+        extra = {"position_ids": batch["position_ids"], "use_cache": False} if "position_ids" in batch else {}
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                          labels=batch["labels"], **extra)
 
     def tokens_in(self, batch: dict[str, Any]) -> torch.Tensor:
         """Non-pad tokens a batch runs through the model (the run report's FLOPs estimate): the inputs, plus the
         labels that an encoder-decoder feeds its decoder (a decoder-only model's labels are its inputs)."""
+        if "attention_mask" not in batch:  # packed rows
+            return batch["real_tokens"]
         tokens = batch["attention_mask"].sum()
         if self.model.config.is_encoder_decoder:
             tokens = tokens + (batch["labels"] != -100).sum()
         return tokens
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
+        loss = self(batch).loss  # this micro-batch's token mean: what train/loss shows
         self.log_train_loss(loss)
-        return loss
+        return loss * self.step_share(batch)
+
+    def step_share(self, batch: dict[str, Any]) -> torch.Tensor | float:
+        """What turns a micro-batch's token mean into its part of the optimizer step's token mean.
+
+        Lightning divides each micro-batch's loss by ``accumulate_grad_batches`` and DDP averages gradients over
+        processes; a mean per micro-batch would weight a short sample's tokens more at batch 1 x accumulation 16
+        than at batch 16 x 1. The batch's share is its label tokens over the step's (``step_label_tokens``, over
+        all micro-batches and processes, from the training loader), times accumulation x processes: the gradient is
+        then that of the sum of the step's token losses divided by its token count (transformers'
+        ``num_items_in_batch``), whatever the batch size, accumulation and process count. One batch per step on
+        one process: 1, the batch mean as it is.
+        """
+        step = batch.get("step_label_tokens")
+        trainer = self._trainer
+        if step is None or trainer is None:
+            return 1.0
+        accumulate, world = trainer.accumulate_grad_batches, trainer.world_size
+        if accumulate == 1 and world == 1:
+            return 1.0
+        tokens = batch["label_tokens"].sum()
+        return tokens.to(torch.float32) * (accumulate * world) / step.to(torch.float32).clamp(min=1)
 
     # -- evaluation --------------------------------------------------------------------------------
     # The teacher-forced loss is a second pass over every target position (14% of evaluation time in an A/B),
@@ -120,8 +150,8 @@ class TextLoRAModule(LoRAModuleBase):
 
     def eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         loss, predictions = self.loss_and_predictions(batch, with_loss=self._loss_this_round)
-        if loss is not None:
-            self.losses[stage].update(loss, weight=len(batch["uid"]))
+        if loss is not None:  # weighted by label tokens: the round's loss is its token mean
+            self.losses[stage].update(loss, weight=batch["label_tokens"].sum())
         self.metrics[stage].update(predictions, batch["target"])
         # sentence ROUGE-L per row: what bootstrap intervals resample (their mean is the logged ROUGE-L)
         rouge = sentence_rouge_l(predictions, batch["target"])
@@ -161,4 +191,5 @@ class TextLoRAModule(LoRAModuleBase):
             raise UserError(f"adapter {directory} holds weights this model lacks, e.g. {unexpected[0]}")
 
     def extra_report(self) -> dict[str, Any]:
-        return {"quantization": self.quantization}
+        return {"quantization": self.quantization, "attn_implementation": self.attn_implementation,
+                "dtype": self.dtype_name}

@@ -23,9 +23,10 @@ from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, GPT2Config, GPT2LMHeadModel,
-                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration)
 
 from src.errors import UserError
+from src.pretrained.chat_templates import CHATML, CHATML_TOKENS
 
 SPECIAL_T5 = ["<pad>", "</s>", "<unk>"]
 
@@ -44,7 +45,19 @@ def iter_corpus(files: list[str]) -> Iterator[str]:
                     yield line.strip()
                     continue
                 if isinstance(record, dict):
-                    yield from (v for v in record.values() if isinstance(v, str))
+                    yield from _strings(record)
+
+
+def _strings(value) -> Iterator[str]:
+    """The strings of a JSON value: a record's text fields, and the contents of a conversation's messages."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _fingerprint(spec: dict, files: list[str]) -> str:
@@ -178,6 +191,43 @@ def tiny_gpt2(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, n
         tokenizer.save_pretrained(out)
 
     return cached_build(cache_dir, "tiny_gpt2", spec, corpus_files, build)
+
+
+def train_chat_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with ChatML's turn tokens and template, laid out like Qwen 2.5's: ``<|endoftext|>``
+    pads, ``<|im_end|>`` ends a turn and is the eos token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", *CHATML_TOKENS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", model_max_length=model_max_length,
+                                   chat_template=CHATML)
+
+
+def tiny_chat(cache_dir: str, corpus_files: list[str], vocab_size: int = 1000, hidden_size: int = 64,
+              num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 128,
+              max_positions: int = 1024, seed: int = 0) -> str:
+    """Directory of a tiny instruct model: the Qwen 2 architecture (grouped-query attention, RoPE, SwiGLU, tied
+    embeddings) at random weights, with a ChatML tokenizer trained locally; built on first use."""
+    spec = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, max_positions=max_positions,
+                seed=seed, version=1)
+
+    def build(out: Path) -> None:
+        tokenizer = train_chat_tokenizer(iter_corpus(corpus_files), vocab_size, model_max_length=max_positions)
+        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                             num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                             num_key_value_heads=num_kv_heads, max_position_embeddings=max_positions,
+                             tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        Qwen2ForCausalLM(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return cached_build(cache_dir, "tiny_chat", spec, corpus_files, build)
 
 
 def learn_bpe_merges(texts: Iterator[str], num_merges: int) -> list[tuple[str, str]]:
