@@ -33,6 +33,8 @@ LIBRARY_DEPRECATIONS = (
     # peft → transformers
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning, ""),
     (r"`gradient_checkpointing_enable` is deprecated", FutureWarning, ""),
+    # ours as well (and preflight's disable): their activation_checkpointing_* successors are not in transformers 5.0
+    (r"`gradient_checkpointing_disable` is deprecated", FutureWarning, ""),
     # datasets' Dataset.sort always passes null_placement to pyarrow (our length-sorted evaluation splits)
     (r"Specifying null_placement in SortOptions", FutureWarning, r"pyarrow"),
     # Lightning 2.6's pytree helper still builds torch's deprecated LeafSpec

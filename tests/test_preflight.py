@@ -12,8 +12,10 @@ AMAZON_SAMPLE = [f"data.train_file={ROOT}/data/samples/amazon/trn.json",
                  f"data.test_file={ROOT}/data/samples/amazon/tst.json"]
 # LoRA sizes peft and diffusers count on the real architectures (seen here with get_peft_model / add_adapter,
 # DESIGN.md): r16 on q,v of T5-base; r16 on c_attn,c_proj,c_fc of GPT-2 medium; r4 on the SD 1.5 UNet attention
+# r16 on every linear projection ("all-linear") of Qwen2.5-0.5B/1.5B and Llama-3.1-8B: the counts peft prints for them
 REFERENCE_TRAINABLE = {"amazon_flan_t5": 1_769_472, "tarot_ptt5": 1_769_472, "amazon_dialogpt": 6_291_456,
-                       "shoes_sd15": 797_184}
+                       "shoes_sd15": 797_184, "amazon_qwen2_5_0_5b": 8_798_208, "tarot_qwen2_5": 18_464_768,
+                       "amazon_llama3_8b_qlora": 41_943_040}
 
 
 def preflight(tmp_path: Path, *overrides: str, check: bool = True):
@@ -36,6 +38,19 @@ def test_reference_experiments_preflight_offline(experiment, cache_dir, tmp_path
     assert schedule["checkpoint_steps"] and all(isinstance(s, int) for s in schedule["checkpoint_steps"])
     assert 0 < report["memory"]["estimated_peak_bytes"]
     assert "preflight  passed" in proc.stderr + proc.stdout
+    if experiment == "shoes_sd15":
+        return
+    fits = report["memory"]["gpu_fits"]  # with and without 4-bit and gradient checkpointing
+    assert [(r["quantization"], r["gradient_checkpointing"]) for r in fits] == [
+        (None, False), (None, True), ("4bit", False), ("4bit", True)]
+    configured, = [r for r in fits if r["configured"]]
+    assert configured["estimated_peak_bytes"] == report["memory"]["estimated_peak_bytes"]
+    by_switch = {(r["quantization"], r["gradient_checkpointing"]): r["estimated_peak_bytes"] for r in fits}
+    assert by_switch["4bit", True] < by_switch["4bit", False] and by_switch["4bit", True] < by_switch[None, True]
+    if experiment == "amazon_llama3_8b_qlora":  # the recipe's point: an 8B model on one 24 GB card, in 4 bits
+        assert configured["fits"] == {"24 GB": True, "80 GB": True}
+        assert not any(r["fits"]["24 GB"] for r in fits if not r["gradient_checkpointing"])
+        assert re.search(r"fits a 24 GB GPU: .*4bit \+ checkpointing [\d.]+ GiB \(this run\)", proc.stderr + proc.stdout)
 
 
 def test_shoes_sd15_checkpoints_every_500_optimizer_steps(cache_dir, tmp_path):

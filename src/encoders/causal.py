@@ -13,6 +13,7 @@ from src.errors import UserError
 
 class CausalEncoder:
     packable = True
+
     def __init__(self, tokenizer, max_source_length: int, max_target_length: int, max_length: int | None = None):
         if tokenizer.eos_token_id is None:
             raise UserError(f"tokenizer {tokenizer.name_or_path} has no eos token; a causal LM needs one to end targets")
@@ -42,6 +43,9 @@ class CausalEncoder:
         return {"input_ids": [p + a + [eos] for p, a in zip(prompts, answers)], "labels": labels,
                 "prompt_ids": prompts, "length": [len(p) for p in prompts],
                 "label_tokens": [label_tokens(ids, shifted=True) for ids in labels]}
+
+    def longest_row(self, packing: bool) -> int:
+        return self.max_length if packing else self.max_source_length + self.max_target_length
 
     def lengths(self, batch: dict[str, list]) -> tuple[list[int], list[int]]:
         sources, targets = texts_of(batch)

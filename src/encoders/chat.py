@@ -12,6 +12,7 @@ learns to stop. A template that does not render a conversation as a prefix of it
 truncated answer teaches a model to stop mid-sentence): ``skip`` names it, and the datamodule drops and counts it.
 """
 
+import hashlib
 from typing import Any
 
 from src.conversation import Conversation, prompt_messages
@@ -24,6 +25,7 @@ TOO_LONG = "too_long:tokens"
 
 class ChatEncoder:
     packable = True
+
     def __init__(self, tokenizer, max_source_length: int, max_target_length: int, max_length: int | None = None,
                  train_on: str = "assistant", chat_template: str | None = None):
         if train_on not in TRAIN_ON:
@@ -41,8 +43,11 @@ class ChatEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def fingerprint(self) -> str:
-        return (f"chat|{self.tokenizer.name_or_path}|{len(self.tokenizer)}|{self.max_length}|{self.train_on}|"
-                f"{hash(self.template) & 0xFFFFFFFF:x}")
+        template = hashlib.sha256(self.template.encode()).hexdigest()[:12]  # hash() differs between processes
+        return f"chat|{self.tokenizer.name_or_path}|{len(self.tokenizer)}|{self.max_length}|{self.train_on}|{template}"
+
+    def longest_row(self, packing: bool) -> int:
+        return self.max_length  # longer conversations are refused, not truncated
 
     def render(self, messages: Conversation, generation_prompt: bool = False) -> str:
         try:

@@ -22,6 +22,10 @@ class SampleEncoder(Protocol):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         """A padded batch, with the texts ``uid``, ``source`` and ``target`` alongside."""
 
+    def longest_row(self, packing: bool) -> int | None:
+        """Tokens of the longest training row (what preflight's memory probe runs), or None where inputs and
+        labels are two sequences (an encoder-decoder's, probed at the source and target limits)."""
+
 
 def batch_texts(features: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     """``uid``, ``source`` (the prompt as one text) and ``target`` (the reference) of each sample."""

@@ -10,11 +10,15 @@ from src.encoders.common import batch_texts, label_tokens, request_batch, texts_
 
 class Seq2SeqEncoder:
     packable = False  # an encoder-decoder's inputs and labels are two sequences: nothing to pack
+
     def __init__(self, tokenizer, max_source_length: int, max_target_length: int, max_length: int | None = None):
         self.tokenizer = tokenizer
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
         self._pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+    def longest_row(self, packing: bool) -> None:
+        return None
 
     def fingerprint(self) -> str:
         return f"seq2seq|{self.tokenizer.name_or_path}|{len(self.tokenizer)}|{self.max_source_length}|{self.max_target_length}"

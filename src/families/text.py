@@ -16,7 +16,7 @@ from src.preflight.cost import text_validation_cost
 from src.preflight.data import STANDIN_VOCAB, plan_text_data
 from src.preflight.memory import meta_tensor, quantized_base_bytes
 from src.pretrained.architecture import architecture_config, hf_config, untie_output_embeddings
-from src.pretrained.loading import resolve_pretrained
+from src.pretrained.loading import base_load_kwargs, resolve_pretrained
 from src.errors import UserError
 
 STANDIN_MAX_LENGTH = 100_000  # a stand-in measures lengths: it must not truncate them
@@ -60,12 +60,13 @@ class TextFamily:
         datamodule.connect(self.encoder(tokenizer, datamodule.lengths, model_cfg))
 
     # -- the real architecture without weights ---------------------------------------------------------------
-    def meta_model(self, pretrained: str) -> torch.nn.Module:
+    def meta_model(self, pretrained: str, dtype: str | None = None) -> torch.nn.Module:
+        """The architecture on the meta device, its weights in ``dtype`` (``model.dtype``; None: float32)."""
         published = architecture_config(pretrained)[0]
         config = hf_config(published, pretrained)
         try:
             with torch.device("meta"):
-                model = self.auto_class.from_config(config)
+                model = self.auto_class.from_config(config, **base_load_kwargs(None, dtype))
         except ValueError as err:  # e.g. a causal LM's config given as seq2seq
             raise UserError(f"'{pretrained}' ({config.model_type}) is not {self.description}: "
                             f"{str(err).splitlines()[0]} — pick the model config of its family") from err
@@ -75,27 +76,34 @@ class TextFamily:
     def plan(self, model_cfg: DictConfig) -> ModelPlan:
         pretrained = resolve_pretrained(model_cfg.pretrained)
         source = architecture_config(pretrained)[1]
-        network = lora_text_model(self.meta_model(pretrained), instantiate(model_cfg.lora), self.task_type, pretrained)
+        base = self.meta_model(pretrained, model_cfg.get("dtype"))
+        network = lora_text_model(base, instantiate(model_cfg.lora), self.task_type, pretrained)
         trainable, total = network.get_nb_trainable_parameters()  # peft's own count, as training logs it
         return ModelPlan(self, pretrained, source, trainable, total,
                          adapted_module_kinds(network.base_model.targeted_module_names), network)
 
     # -- preflight -----------------------------------------------------------------------------------------------
     def memory_probe(self, plan: ModelPlan, batch: int, data: dict[str, Any], gradient_checkpointing: bool):
+        base = plan.network.get_base_model()
         if gradient_checkpointing:
-            base = plan.network.get_base_model()
             base.gradient_checkpointing_enable()
             base.enable_input_require_grads()
+        else:  # preflight probes both ways on one network
+            base.gradient_checkpointing_disable()
+            base.disable_input_require_grads()
         source = int(data["source_tokens"].get("max_length") or data["source_tokens"]["max"])
         target = int(data["target_tokens"].get("max_length") or data["target_tokens"]["max"])
+        shape = {"batch": batch, "source_tokens": source, "target_tokens": target}
+        if row := data.get("longest_row_tokens"):  # a decoder's row: prompt and answer in one sequence
+            source, target, shape = row, 0, {"batch": batch, "row_tokens": row}
         inputs = self.probe_inputs(batch, source, target)
-        return (lambda: plan.network(**inputs).loss), {"batch": batch, "source_tokens": source,
-                                                       "target_tokens": target}
+        return (lambda: plan.network(**inputs).loss), shape
 
     def base_weight_bytes(self, plan: ModelPlan, quantization: str | None) -> int:
         if quantization:
             return quantized_base_bytes(plan, quantization)
-        return 4 * (plan.total - plan.trainable)  # frozen weights stay float32 (mixed precision too)
+        # frozen weights in model.dtype (mixed precision keeps float32 weights float32); tied ones counted once
+        return sum(p.numel() * p.element_size() for p in plan.network.parameters() if not p.requires_grad)
 
     def plan_data(self, cfg: DictConfig, pretrained: str) -> dict[str, Any]:
         return plan_text_data(cfg, self, pretrained)
@@ -130,4 +138,4 @@ def encoder_decoder_probe(batch: int, source: int, target: int) -> dict[str, tor
 
 def decoder_only_probe(batch: int, source: int, target: int) -> dict[str, torch.Tensor]:
     ids = meta_tensor(batch, source + target)
-    return {"input_ids": ids, "labels": ids}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}  # as training passes them

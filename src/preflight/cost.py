@@ -48,7 +48,8 @@ def text_validation_cost(plan, cfg, data: dict[str, Any], schedule: dict[str, An
     recompute = 1 if memory["gradient_checkpointing"] else 0
     shape = memory["activation_shape"]
     src, tgt = data["source_tokens"]["mean"], data["target_tokens"]["mean"]
-    fill = min(1.0, (src + tgt) / (shape["source_tokens"] + shape["target_tokens"]))  # batches pad to their own length
+    probed = shape.get("row_tokens") or shape["source_tokens"] + shape["target_tokens"]
+    fill = min(1.0, (src + tgt) / probed)  # batches pad to their own length
     per_sample = forward / batch * fill
     train_step = per_sample * batch * (2 + recompute) * schedule["accumulate_grad_batches"]
     beams = int(generation.get("num_beams", 1))

@@ -127,6 +127,7 @@ def plan_text_data(cfg: DictConfig, family, pretrained: str) -> dict[str, Any]:
         "tokenizer": tokenizer_note, "length_rows": len(src),
         "source_tokens": length_stats(src, hp.max_source_length),
         "target_tokens": length_stats(tgt, hp.max_target_length),
+        "longest_row_tokens": datamodule.encoder.longest_row(bool(hp.packing)),
     }
 
 

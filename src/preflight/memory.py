@@ -25,6 +25,9 @@ from src.families.protocol import ModelPlan
 HALF = ("16-mixed", "bf16-mixed", "16", "bf16")
 QUANTIZED_BYTES = {"4bit": 0.5 + 0.016, "8bit": 1.0 + 0.016}  # + block constants (NF4 double quantization)
 ADAPTER_BYTES = 4 + 4 + 8  # fp32 weight, its gradient, AdamW's two moments
+# the two common single-GPU sizes, at the memory nvidia-smi reports on an RTX 4090 and an H100 80GB
+GPU_BYTES = {"24 GB": 24_564 * 2**20, "80 GB": 81_559 * 2**20}
+CUDA_CONTEXT_BYTES = 2**30  # left free for the CUDA context and fragmentation
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -43,6 +46,10 @@ class LiveTensorBytes(TorchDispatchMode):
         self._refs.pop(key, None)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+            # a meta tensor has no value; transformers reads one to ask whether a full mask or packed position ids
+            # can be skipped ((mask == 1).all()): answer as an unpadded, unpacked batch of the maximum length would
+            return True if args[0].dtype == torch.bool else 1
         out = func(*args, **(kwargs or {}))
         for tensor in pytree.tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and not tensor._is_view():  # a view allocates nothing
@@ -56,19 +63,19 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def measure_training(module: torch.nn.Module, loss_fn) -> tuple[int, int]:
-    """(peak bytes beyond the weights over two AdamW steps, FLOPs of one forward) on the meta device."""
+def measure_training(module: torch.nn.Module, loss_fn, count_flops: bool) -> tuple[int, int | None]:
+    """(peak bytes beyond the weights over two AdamW steps, FLOPs of one forward if counted) on the meta device."""
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad])
     counter = FlopCounterMode(display=False)
     with LiveTensorBytes([*module.parameters(), *module.buffers()]) as live:
         for step in range(2):  # the second step holds the AdamW states the first one created
-            with counter if step == 0 else torch.enable_grad():
+            with counter if step == 0 and count_flops else torch.enable_grad():
                 loss = loss_fn()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             del loss
-    return live.peak, counter.get_total_flops()
+    return live.peak, counter.get_total_flops() if count_flops else None
 
 
 def meta_tensor(*shape: int, dtype=torch.long) -> torch.Tensor:
@@ -92,26 +99,57 @@ def quantized_base_bytes(plan: ModelPlan, mode: str) -> int:
     return int(total)
 
 
-def estimate(plan: ModelPlan, cfg, data: dict[str, Any], gradient_checkpointing: bool) -> dict[str, Any]:
+def probe(plan: ModelPlan, cfg, data: dict[str, Any], gradient_checkpointing: bool,
+          count_flops: bool = True) -> dict[str, Any]:
+    """Two training steps of the network on the meta device at the run's batch and maximum lengths."""
+    plan.network.train()
+    loss_fn, shape = plan.family.memory_probe(plan, int(cfg.data.batch_size), data, gradient_checkpointing)
+    step_bytes, flops = measure_training(plan.network, loss_fn, count_flops)
+    return {"gradient_checkpointing": gradient_checkpointing, "shape": shape, "step_bytes": step_bytes,
+            "flops": flops}
+
+
+def estimate(plan: ModelPlan, cfg, probed: dict[str, Any], quantization: str | None) -> dict[str, Any]:
+    """The training peak from a probe: frozen weights (as ``quantization`` stores them), LoRA weights and their
+    optimizer, and the probe's activations."""
     precision = str(cfg.trainer.get("precision", "32-true"))
-    quantization = cfg.model.get("quantization")
-    batch = int(cfg.data.batch_size)
-    network = plan.network
-    network.train()
-    loss_fn, shape = plan.family.memory_probe(plan, batch, data, gradient_checkpointing)
-    step_bytes, flops = measure_training(network, loss_fn)
     adapter_bytes = ADAPTER_BYTES * plan.trainable  # LoRA weights; their gradients and AdamW states
-    activations = max(0, step_bytes - (adapter_bytes - 4 * plan.trainable))  # activations and transients
-    if precision in HALF:  # autocast computes, and so keeps, most activations in 16 bits
-        activations //= 2
+    activations = max(0, probed["step_bytes"] - (adapter_bytes - 4 * plan.trainable))  # activations, transients
+    measured_in_float32 = next(p for p in plan.network.parameters() if not p.requires_grad).dtype == torch.float32
+    if measured_in_float32 and (precision in HALF or quantization):
+        activations //= 2  # autocast (or k-bit's 16-bit compute dtype) computes, and so keeps, them in 16 bits
     base_bytes = plan.family.base_weight_bytes(plan, quantization)
     peak = base_bytes + adapter_bytes + activations
     return {
-        "precision": precision, "quantization": quantization, "gradient_checkpointing": gradient_checkpointing,
-        "activation_shape": shape, "base_weights_bytes": base_bytes, "adapter_and_optimizer_bytes": adapter_bytes,
-        "activations_bytes": activations, "estimated_peak_bytes": peak, "forward_flops_per_batch": flops,
-        "counts": ("frozen base weights (float32, or k-bit where quantized), LoRA weights + gradients + AdamW "
-                   "states (float32), and the high-water mark of activations and transients over two training "
-                   "steps at the maximum lengths (halved for 16-bit mixed precision); not counted: the CUDA "
-                   "context (~0.3-1 GB) and allocator fragmentation"),
+        "precision": precision, "quantization": quantization, "gradient_checkpointing": probed["gradient_checkpointing"],
+        "activation_shape": probed["shape"], "base_weights_bytes": base_bytes,
+        "adapter_and_optimizer_bytes": adapter_bytes, "activations_bytes": activations,
+        "estimated_peak_bytes": peak, "forward_flops_per_batch": probed["flops"],
+        "counts": ("frozen base weights (in model.dtype, or k-bit where quantized, with what k-bit preparation keeps "
+                   "in float32), LoRA weights + gradients + AdamW states (float32), and the high-water mark of "
+                   "activations and transients over two training steps at the maximum lengths (16-bit where the "
+                   "weights or the autocast are); not counted: the CUDA context (~0.3-1 GB) and allocator "
+                   "fragmentation"),
     }
+
+
+def gpu_fits(plan: ModelPlan, cfg, data: dict[str, Any], configured: dict[str, Any],
+             probed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The estimated peak with and without 4-bit and gradient checkpointing (the run's own setting is one of the
+    four), and whether each fits a 24 GB and an 80 GB GPU with room for the CUDA context. Quantization changes
+    the stored weights, not the probe: one more probe, with checkpointing switched."""
+    probes = {probed["gradient_checkpointing"]: probed}
+    dtype = next(p for p in plan.network.parameters() if not p.requires_grad).dtype
+    rows = []
+    for quantization in (None, "4bit"):
+        for checkpointing in (False, True):
+            if checkpointing not in probes:
+                probes[checkpointing] = probe(plan, cfg, data, checkpointing, count_flops=False)
+            peak = estimate(plan, cfg, probes[checkpointing], quantization)["estimated_peak_bytes"]
+            rows.append({"weights": quantization or str(dtype).removeprefix("torch."),
+                         "quantization": quantization, "gradient_checkpointing": checkpointing,
+                         "configured": (quantization, checkpointing) == (configured["quantization"],
+                                                                         configured["gradient_checkpointing"]),
+                         "estimated_peak_bytes": peak,
+                         "fits": {gpu: peak + CUDA_CONTEXT_BYTES <= size for gpu, size in GPU_BYTES.items()}})
+    return rows

@@ -20,7 +20,7 @@ from src.families.registry import FAMILIES
 from src.modality import check_model_fits_data
 from src.preflight import checks
 from src.preflight.data import require_train_samples
-from src.preflight.memory import estimate
+from src.preflight.memory import estimate, gpu_fits, probe
 from src.preflight.schedule import plan_schedule
 from src.preflight.summary import summary
 
@@ -80,7 +80,10 @@ def preflight(cfg: DictConfig) -> None:
     schedule = _section(report, "schedule", problems, lambda: plan_schedule(cfg, require_train_samples(data)))
     gradient_checkpointing = bool(cfg.model.get("gradient_checkpointing"))
     with quiet_transformers():
-        memory = estimate(plan, cfg, data, gradient_checkpointing)
+        probed = probe(plan, cfg, data, gradient_checkpointing)
+        memory = estimate(plan, cfg, probed, cfg.model.get("quantization"))
+        if family.kind == "text":  # the k-bit and checkpointing switches are the text families'
+            memory["gpu_fits"] = gpu_fits(plan, cfg, data, memory, probed)
     device_bytes, device_source = checks.device_memory(cfg.trainer, cfg.get("preflight_device_memory_gb"))
     memory.update(device_memory_bytes=device_bytes, device_memory_source=device_source)
     if device_bytes:

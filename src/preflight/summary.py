@@ -18,6 +18,20 @@ def _lengths(name: str, stats: dict[str, Any]) -> str:
     return line
 
 
+def _fits(rows: list[dict[str, Any]]) -> list[str]:
+    """``fits a 24 GB GPU: 4bit + checkpointing 11.2 GiB (this run); ...``: one line per GPU size."""
+    if not rows:
+        return []
+    lines = []
+    for gpu in rows[0]["fits"]:
+        options = [f"{r['weights']}{' + checkpointing' if r['gradient_checkpointing'] else ''}"
+                   f" {r['estimated_peak_bytes'] / GB:.1f} GiB{' (this run)' if r['configured'] else ''}"
+                   for r in rows if r["fits"][gpu]]
+        lines.append(f"           fits a {gpu} GPU: " + ("; ".join(options) if options else
+                                                          "no (none of 4-bit, gradient checkpointing, both)"))
+    return lines
+
+
 def summary(report: dict[str, Any]) -> str:
     lines = []
     if model := report.get("model"):
@@ -62,6 +76,7 @@ def summary(report: dict[str, Any]) -> str:
                      f"{memory['base_weights_bytes'] / GB:.2f}, LoRA+AdamW {memory['adapter_and_optimizer_bytes'] / GB:.2f}, "
                      f"activations {memory['activations_bytes'] / GB:.2f} ({memory['precision']}"
                      f"{', ' + memory['quantization'] if memory['quantization'] else ''})")
+        lines += _fits(memory.get("gpu_fits", []))
     lines += [f"warning    {w}" for w in report.get("warnings", [])]
     lines += [f"problem    {p}" for p in report.get("problems", [])]
     lines.append(f"preflight  {'FAILED: ' + str(len(report['problems'])) + ' problem(s)' if report['problems'] else 'passed'}"
