@@ -5,7 +5,8 @@ import json
 
 import datasets
 import pytest
-from transformers import AutoTokenizer
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.building import build_data, build_model_and_data
 from src.encoders.chat import ChatEncoder
@@ -168,3 +169,28 @@ def test_the_chat_quickstart_trains_exports_and_its_answers_stop(cache_dir, tmp_
     limit = 64  # model.generation.max_new_tokens of tiny_chat
     trained = generated_tokens(str(run_dir), tmp_path / "trained")
     assert sum(0 < n < limit - 4 for n in trained) >= 0.8 * len(trained)  # most answers say something, then end
+
+
+@pytest.mark.parametrize("dtype, expected", [("bfloat16", torch.bfloat16), (None, torch.float32)])
+def test_model_dtype_decides_the_base_weights_whatever_the_checkpoint_stores(cache_dir, tmp_path, dtype, expected):
+    # instruct checkpoints are stored in bfloat16, and transformers 5 loads them as stored unless told otherwise
+    stored = tmp_path / "bf16"
+    source = tiny_chat(str(cache_dir / "models"), [str(SAMPLE)])
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(stored)
+    AutoTokenizer.from_pretrained(source).save_pretrained(stored)
+    cfg = compose_config("train", ["experiment=quickstart_chat", f"model.pretrained={stored}",
+                                   f"model.dtype={dtype or 'null'}"], tmp_path)
+    module, _ = build_model_and_data(cfg)
+    frozen = {p.dtype for p in module.model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in module.model.parameters() if p.requires_grad}
+    assert frozen == {expected} and trained == {torch.float32}  # LoRA weights stay float32 either way
+
+
+def test_preflight_counts_the_conversations_too_long_for_max_length_as_training_drops_them(cache_dir, tmp_path):
+    overrides = ["experiment=quickstart_chat", "data.max_length=80"]
+    run_cli("train.py", *overrides, "preflight=true", f"hydra.run.dir={tmp_path / 'preflight'}")
+    plan = read_json(tmp_path / "preflight" / "preflight.json")["data"]
+    _, datamodule = build_model_and_data(compose_config("train", overrides, tmp_path))
+    datamodule.setup("fit")
+    assert datamodule.encoder_skips["too_long:tokens"] == sum(plan["too_long_refused"].values()) > 0
+    assert plan["splits_used"] == {name: len(part) for name, part in datamodule.splits.items()}

@@ -39,6 +39,8 @@ AMAZON = [SAMPLES / "amazon" / "trn.json", SAMPLES / "amazon" / "tst.json"]
 COMMON = ["trainer=cpu", "logger=csv", "trainer.enable_progress_bar=false"]
 TEXT_SIZES = ["data.max_source_length=32", "data.max_target_length=32", "model.generation.max_new_tokens=8",
               "data.limit_val_samples=8", "data.limit_test_samples=8", "data.eval_batch_size=8"]
+# a templated conversation's tokens (longer ones are refused, not cut); float32 weights (see DRY_RUNS)
+CHAT_SIZES = ["data.max_length=128", "model.dtype=null"]
 CHECKPOINT_SHARE = 0.03  # an adapter checkpoint's LoRA tensors against the full float32 model
 
 
@@ -50,6 +52,7 @@ class DryRun:
     builder: str  # function of src.pretrained.random_init
     corpus: list[Path]  # the tokenizer's training text
     overrides: list[str] = field(default_factory=list)  # size knobs only
+    reduced: dict = field(default_factory=dict)  # the builder's size reductions (layers, embedding rows)
 
 
 DRY_RUNS = {
@@ -82,6 +85,30 @@ DRY_RUNS = {
          "model.generation.num_inference_steps=2", "trainer.max_steps=4", "val_every_n_steps=3",
          "model.metrics.feature_extractor.kind=tiny", "+model.metrics.feature_extractor.num_features=64",
          "model.metrics.clip_model=null"]),
+    # the instruct recipes at 2 of their layers (each of the published shape) and 1000 embedding rows: their
+    # 128k-152k-row LM heads alone took 3 s per micro-batch here, and bfloat16 matmuls 5x longer than float32 on
+    # this CPU, so the weights are float32 (model.dtype=null); the full sizes are preflight's, on meta.
+    # batch 2 x accumulation 2 (the recipe's 8 x 2 shrunk), 10 samples: 5 batches step at batches 2, 4 and 5;
+    # 6 steps in 2 epochs; step 4 is the 3rd step of epoch 2
+    "amazon_qwen2_5_0_5b": DryRun(
+        "amazon_qwen2_5_0_5b", "chat", "Qwen/Qwen2.5-0.5B-Instruct", "random_chat", AMAZON,
+        [f"data.train_file={AMAZON[0]}", f"data.test_file={AMAZON[1]}", *TEXT_SIZES, *CHAT_SIZES,
+         "data.batch_size=2", "data.limit_train_samples=10", "trainer.max_epochs=2", "val_every_n_steps=4",
+         "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
+    # batch 2 x accumulation 2, 6 samples, one validation per epoch (as the recipe): steps 2 and 4
+    "tarot_qwen2_5": DryRun(
+        "tarot_qwen2_5", "chat", "Qwen/Qwen2.5-1.5B-Instruct", "random_chat", [SAMPLES / "tarot" / "readings.jsonl"],
+        [*TEXT_SIZES, *CHAT_SIZES, "data.batch_size=2", "data.limit_train_samples=6", "trainer.max_epochs=2",
+         "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
+    # Llama-3.1-8B's layer shapes (hidden 4096, 32 query / 8 key-value heads, MLP 14336) at 2 layers; no 4-bit
+    # on a CPU. The recipe's batch 4 x accumulation 4 at batch 1: 5 samples step at batches 4 and 5, 4 steps in
+    # 2 epochs
+    "amazon_llama3_8b_qlora": DryRun(
+        "amazon_llama3_8b_qlora", "chat", "meta-llama/Llama-3.1-8B-Instruct", "random_chat", AMAZON,
+        [f"data.train_file={AMAZON[0]}", f"data.test_file={AMAZON[1]}", *TEXT_SIZES, *CHAT_SIZES,
+         "model.quantization=null", "data.batch_size=1", "data.limit_train_samples=5", "data.limit_val_samples=4",
+         "data.limit_test_samples=4", "data.eval_batch_size=4", "trainer.max_epochs=2", "val_every_n_steps=3",
+         "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
 }
 
 
@@ -96,14 +123,15 @@ def random_models(cache_dir):
         if run.hub_id not in built:
             builder = getattr(random_init, run.builder)
             built[run.hub_id] = builder(str(cache_dir / "models"), name=run.hub_id,
-                                        corpus_files=[str(f) for f in run.corpus])
+                                        corpus_files=[str(f) for f in run.corpus], **run.reduced)
         return built[run.hub_id]
 
     return build
 
 
-def float32_bytes(run: DryRun) -> int:
-    model = meta_model(run.family, run.hub_id)
+def float32_bytes(run: DryRun, pretrained: str) -> int:
+    """The built model's float32 size (its architecture as reduced, for the instruct recipes)."""
+    model = meta_model(run.family, pretrained)
     modules = [model.unet, model.vae, model.text_encoder] if run.family == "diffusion" else [model]
     return 4 * sum(p.numel() for m in modules for p in m.parameters())
 
@@ -177,7 +205,8 @@ def test_dry_run(name, random_models, tmp_path):
     announced = plan["schedule"]["checkpoint_steps"]
     assert len(announced) >= 2
     accumulate = plan["schedule"]["accumulate_grad_batches"]
-    assert accumulate == {"amazon_flan_t5": 16, "tarot_ptt5": 2, "amazon_dialogpt": 4, "shoes_sd15": 4}[name]
+    assert accumulate == {"amazon_flan_t5": 16, "tarot_ptt5": 2, "amazon_dialogpt": 4, "shoes_sd15": 4,
+                          "amazon_qwen2_5_0_5b": 2, "tarot_qwen2_5": 2, "amazon_llama3_8b_qlora": 4}[name]
     assert plan["schedule"]["batches_per_epoch_per_process"] % accumulate != 0  # a short last step each epoch
 
     logs = tmp_path / "logs"
@@ -191,7 +220,7 @@ def test_dry_run(name, random_models, tmp_path):
     assert report["training"]["global_step"] == announced[-1] == plan["schedule"]["optimizer_steps_total"]
 
     # 2. adapter-only checkpoints, a few percent of the model, holding what preflight counted
-    full_bytes = float32_bytes(run)
+    full_bytes = float32_bytes(run, pretrained)
     trainable = plan["model"]["trainable_parameters"]
     for step in announced:
         path = checkpoints / f"checkpoint-{step}.ckpt"

@@ -95,6 +95,15 @@ def length_stats(lengths: list[int], limit: int | None) -> dict[str, Any]:
     return stats
 
 
+def refused_share(encoder, part, used: int) -> float:
+    """The share of a split's first ``used`` samples that the encoder refuses (its ``skip`` column)."""
+    rows = part.select(range(min(used, LENGTH_SAMPLE, len(part))))
+    if not len(rows):
+        return 0.0
+    skips = encoder({"messages": list(rows["messages"])}).get("skip") or []
+    return sum(bool(s) for s in skips) / len(rows)
+
+
 def plan_text_data(cfg: DictConfig, family, pretrained: str) -> dict[str, Any]:
     """Samples read, kept and skipped, split sizes, and token lengths as the family's encoder counts them."""
     with tempfile.TemporaryDirectory(prefix="lorafit-preflight-") as tmp:
@@ -107,23 +116,28 @@ def plan_text_data(cfg: DictConfig, family, pretrained: str) -> dict[str, Any]:
         rows = samples.select(range(min(LENGTH_SAMPLE, len(samples))))
         batch = {"messages": list(rows["messages"])}
 
-    factor = scale or 1.0
-    estimate = (lambda n: int(round(n * factor))) if scale else (lambda n: n)
-    limits = {"train": hp.limit_train_samples, "val": hp.limit_val_samples, "test": hp.limit_test_samples}
-    available = {name: estimate(len(part)) for name, part in splits.items()}
-    used = {name: min(n, limits[name]) if limits[name] is not None else n for name, n in available.items()}
+        factor = scale or 1.0
+        estimate = (lambda n: int(round(n * factor))) if scale else (lambda n: n)
+        limits = {"train": hp.limit_train_samples, "val": hp.limit_val_samples, "test": hp.limit_test_samples}
+        available = {name: estimate(len(part)) for name, part in splits.items()}
+        used = {name: min(n, limits[name]) if limits[name] is not None else n for name, n in available.items()}
 
-    prompts, answers = texts_of(batch)
-    tokenizer, tokenizer_note = tokenizer_for(family, pretrained, prompts + answers)
-    family.connect(datamodule, tokenizer, cfg.model)
-    src, tgt = datamodule.encoder.lengths(batch)
+        prompts, answers = texts_of(batch)
+        tokenizer, tokenizer_note = tokenizer_for(family, pretrained, prompts + answers)
+        family.connect(datamodule, tokenizer, cfg.model)
+        src, tgt = datamodule.encoder.lengths(batch)
+        # what the encoder refuses (a templated conversation over data.max_length) leaves the limited splits, as in
+        # setup: exact on the first LENGTH_SAMPLE samples of each split, a share beyond
+        refused = {name: refused_share(datamodule.encoder, part, used[name]) for name, part in splits.items()}
+    too_long = {name: round(used[name] * share) for name, share in refused.items() if round(used[name] * share)}
+    used = {name: n - too_long.get(name, 0) for name, n in used.items()}
     kept = estimate(len(samples))
     return {
         "records_read": kept + estimate(sum(skipped.values())), "records_kept": kept,
         "skipped": {reason: estimate(n) for reason, n in sorted(skipped.items())},
         "sampled": (f"counts scaled from the first {SAMPLE_RECORDS:,} records of each large file (x{factor:.1f} by "
                     "file size); run prepare_data.py for exact counts") if scale else None,
-        "splits_available": available, "splits_used": used,
+        "splits_available": available, "splits_used": used, "too_long_refused": too_long,
         "tokenizer": tokenizer_note, "length_rows": len(src),
         "source_tokens": length_stats(src, hp.max_source_length),
         "target_tokens": length_stats(tgt, hp.max_target_length),

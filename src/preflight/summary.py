@@ -45,6 +45,9 @@ def summary(report: dict[str, Any]) -> str:
         if data.get("sampled"):
             lines.append(f"           ({data['sampled']})")
         lines.append("           splits used " + ", ".join(f"{k} {v:,}" for k, v in data["splits_used"].items()))
+        if refused := data.get("too_long_refused"):
+            lines.append("           refused as longer than data.max_length after the chat template: " +
+                         ", ".join(f"{k} {v:,}" for k, v in refused.items()))
         for key, name in (("source_tokens", "source"), ("target_tokens", "target"), ("caption_tokens", "caption")):
             if key in data:
                 lines.append(f"           {_lengths(name, data[key])}")

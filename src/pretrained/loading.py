@@ -69,8 +69,8 @@ def base_load_kwargs(attn_implementation: str | None, dtype: str | None) -> dict
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if dtype:
-        if dtype not in DTYPES:
-            raise UserError(f"model.dtype={dtype!r}: use one of {', '.join(DTYPES)} (or null: float32)")
-        kwargs["dtype"] = DTYPES[dtype]
+    if dtype and dtype not in DTYPES:
+        raise UserError(f"model.dtype={dtype!r}: use one of {', '.join(DTYPES)} (or null: float32)")
+    # null is float32 even for a checkpoint stored in bfloat16, which transformers 5 would otherwise load as stored
+    kwargs["dtype"] = DTYPES[dtype or "float32"]
     return kwargs

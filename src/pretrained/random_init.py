@@ -19,6 +19,7 @@ from transformers import CLIPTextModel
 
 from src.errors import UserError
 from src.families.causal import CAUSAL
+from src.families.chat import CHAT
 from src.families.seq2seq import SEQ2SEQ
 from src.families.text import TextFamily
 from src.pretrained.architecture import BUNDLED_DIR, bundled_config, hf_config, untie_output_embeddings
@@ -68,10 +69,32 @@ def random_causal(cache_dir: str, name: str = "microsoft/DialoGPT-medium", corpu
     return random_text(CAUSAL, cache_dir, name, _require_corpus(corpus_files, "random_causal"), vocab_size, seed)
 
 
+def random_chat(cache_dir: str, name: str, corpus_files: list[str], vocab_size: int = 1000, seed: int = 0,
+                num_hidden_layers: int | None = None, embedding_rows: int | None = None) -> str:
+    """An instruct model's architecture (e.g. Qwen/Qwen2.5-0.5B-Instruct) at random init with a byte-level BPE
+    and the ChatML template, at ``num_hidden_layers`` of its layers (each of the published shape) and, for the
+    8B-class models whose 128k-row embeddings would dominate a CPU run, ``embedding_rows`` vocabulary rows."""
+    reduced = {"num_hidden_layers": num_hidden_layers, "vocab_size": embedding_rows}
+    return random_text(CHAT, cache_dir, name, _require_corpus(corpus_files, "random_chat"), vocab_size, seed,
+                       {k: v for k, v in reduced.items() if v is not None})
+
+
+def _reduce(config: dict, reduced: dict) -> dict:
+    """The published config with fewer layers (per-layer lists cut to match) or embedding rows."""
+    config = {**config, **reduced}
+    layers = config.get("num_hidden_layers")
+    if "layer_types" in config and layers is not None:
+        config["layer_types"] = config["layer_types"][:layers]
+    if "max_window_layers" in config and layers is not None:
+        config["max_window_layers"] = min(config["max_window_layers"], layers)
+    return config
+
+
 def random_text(family: TextFamily, cache_dir: str, name: str, corpus_files: list[str], vocab_size: int,
-                seed: int) -> str:
-    """A text family's model at random init: its kind of tokenizer, and the special ids that tokenizer dictates."""
-    config = _bundled(name)
+                seed: int, reduced: dict | None = None) -> str:
+    """A text family's model at random init: its kind of tokenizer, and the special ids that tokenizer dictates
+    (``reduced``: config keys set smaller than published, part of the cache key)."""
+    config = _reduce(_bundled(name), reduced or {})
     spec = dict(name=name, config=config, vocab_size=vocab_size, seed=seed, version=family.random_init_version)
 
     def build(out: Path) -> None:
