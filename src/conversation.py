@@ -44,9 +44,10 @@ def _last_assistant(messages: Sequence[Message]) -> int | None:
 
 
 def prompt_messages(messages: Sequence[Message]) -> Conversation:
-    """What the model is asked: every message before the last assistant turn (all of a request's)."""
+    """What the model is asked: every message before the last assistant turn; all of a request's (a conversation
+    that ends with the user's turn, earlier answers included)."""
     last = _last_assistant(messages)
-    return list(messages if last is None else messages[:last])
+    return list(messages if last is None or messages[-1]["role"] == "user" else messages[:last])
 
 
 def reference(messages: Sequence[Message]) -> str:
@@ -59,6 +60,14 @@ def prompt_text(messages: Sequence[Message]) -> str:
     """The prompt as one text, for families without a chat template, for retrieval and for reports: its messages'
     contents, one per paragraph (a one-turn sample's is its source, unchanged)."""
     return "\n\n".join(m["content"] for m in prompt_messages(messages))
+
+
+def request_problem(messages: Sequence[Message]) -> str | None:
+    """Why ``messages`` cannot be a request for the next answer (the conversation so far, ending with the user's
+    turn), or None."""
+    if messages and messages[-1]["role"] != "user":
+        return "the last message must be the user's (the conversation so far, waiting for the answer)"
+    return order_problem([*messages, {"role": "assistant", "content": ""}])
 
 
 def order_problem(messages: Sequence[Message]) -> str | None:

@@ -16,6 +16,7 @@ from tests.conftest import ROOT
 def meta_model(family: str, pretrained: str):
     return FAMILIES.get(family).meta_model(pretrained)
 
+
 FLAN, PTT5, DIALOGPT = "google/flan-t5-base", "unicamp-dl/ptt5-base-portuguese-vocab", "microsoft/DialoGPT-medium"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD_PARTS = ["unet", "vae", "text_encoder", "scheduler", "tokenizer"]
@@ -123,3 +124,25 @@ def test_random_flan_t5_loads_with_the_real_parameter_count(offline, cache_dir):
     assert model.config.vocab_size == 32128  # the real vocabulary: every id of the local tokenizer fits
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert (model.config.pad_token_id, model.config.eos_token_id) == (tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+# the parameter counts the model cards and transformers report for the published instruct checkpoints
+INSTRUCT_PARAMETERS = {
+    "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768, "Qwen/Qwen2.5-1.5B-Instruct": 1_543_714_304,
+    "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512, "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400,
+    "meta-llama/Llama-3.2-3B-Instruct": 3_212_749_824, "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248,
+    "google/gemma-2-2b-it": 2_614_341_888, "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008,
+    "HuggingFaceTB/SmolLM2-360M-Instruct": 361_821_120, "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1_711_376_384,
+}
+
+
+@pytest.mark.parametrize("hub_id", sorted(INSTRUCT_PARAMETERS))
+def test_bundled_instruct_architectures_have_the_published_size(hub_id, offline):
+    assert n_parameters(meta_model("chat", hub_id)) == INSTRUCT_PARAMETERS[hub_id]
+
+
+def test_every_chat_model_config_names_a_bundled_architecture():
+    named = {line.split(":", 1)[1].split("#")[0].strip() for path in (ROOT / "conf/model").glob("*.yaml")
+             for line in path.read_text().splitlines() if line.startswith("pretrained:") and "/" in line}
+    assert set(INSTRUCT_PARAMETERS) <= named | {"HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert all(architecture_config(hub_id)[1] for hub_id in named)

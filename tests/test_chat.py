@@ -1,10 +1,13 @@
 """The chat family: conversations through the model's chat template, labels on the assistant turns, data=chat's
 formats and skip reasons, and generation that stops at the end of a turn."""
 
+import functools
 import json
+from pathlib import Path
 
 import datasets
 import pytest
+import requests
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,24 +154,64 @@ def test_the_one_turn_datasets_train_a_chat_model(cache_dir, tmp_path, data):
     assert labelled.strip().endswith("<|im_end|>") and "<|im_start|>" not in labelled
 
 
-@pytest.mark.slow
-def test_the_chat_quickstart_trains_exports_and_its_answers_stop(cache_dir, tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def chat_run(cache_dir, tmp_path_factory) -> Path:
+    """``experiment=quickstart_chat`` as the README runs it, once for the module."""
+    run_dir = tmp_path_factory.mktemp("chat") / "logs" / "train" / "runs" / "chat"
     run_cli("train.py", "experiment=quickstart_chat", "logger=csv", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={run_dir}")
-    report = read_json(run_dir / "metrics.json")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_the_chat_quickstart_trains_exports_and_its_answers_stop(chat_run, tmp_path):
+    report = read_json(chat_run / "metrics.json")
     assert report["model"]["family"] == "chat" and report["best_checkpoint"]["path"]
-    adapter = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    adapter = AutoTokenizer.from_pretrained(chat_run / "adapter")
     assert adapter.chat_template and adapter.eos_token == "<|im_end|>"  # exported with its template
 
     def generated_tokens(ckpt: str, out) -> list[int]:
-        run_cli("evaluate.py", f"ckpt={ckpt}", f"config_from={run_dir}", "split=val", f"hydra.run.dir={out}")
+        run_cli("evaluate.py", f"ckpt={ckpt}", f"config_from={chat_run}", "split=val", f"hydra.run.dir={out}")
         rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         return [len(adapter(r["prediction"], add_special_tokens=False)["input_ids"]) for r in rows]
 
     limit = 64  # model.generation.max_new_tokens of tiny_chat
-    trained = generated_tokens(str(run_dir), tmp_path / "trained")
+    trained = generated_tokens(str(chat_run), tmp_path / "trained")
     assert sum(0 < n < limit - 4 for n in trained) >= 0.8 * len(trained)  # most answers say something, then end
+
+
+@pytest.mark.slow
+def test_a_served_conversation_is_answered_as_plain_peft_answers_it_through_the_template(chat_run, tmp_path):
+    from peft import PeftModel
+
+    from tests.test_serving import running_server
+
+    conversation = [{"role": "user", "content": "Stainless Steel Water Bottle"},
+                    {"role": "assistant", "content": "A bottle that keeps drinks cold."},
+                    {"role": "user", "content": "Bamboo Cutting Board"}]
+    adapter = chat_run / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = AutoModelForCausalLM.from_pretrained(read_json(adapter / "adapter_config.json")["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                             eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                             pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    logs = chat_run.parents[2]
+    with running_server(tmp_path / "served", f"logs_dir={logs}", "list_base_models=false") as server:
+        post = functools.partial(requests.post, f"{server.url}/api/generate_text", timeout=300)
+        answer = post(json={"model_name": "train/runs/chat/adapter", "messages": conversation, "max_new_tokens": 24,
+                            "do_sample": False, "num_beams": 1, "repetition_penalty": 1.0,
+                            "no_repeat_ngram_size": 0})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["text"] == expected and expected
+        ends_with_answer = post(json={"model_name": "train/runs/chat/adapter", "messages": conversation[:2]})
+        assert ends_with_answer.status_code == 422
+        assert "the last message must be the user's" in ends_with_answer.json()["detail"]
 
 
 @pytest.mark.parametrize("dtype, expected", [("bfloat16", torch.bfloat16), (None, torch.float32)])

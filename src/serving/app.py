@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from src.conversation import one_turn, prompt_text
+from src.conversation import Conversation, one_turn, prompt_text, request_problem
 from src.errors import UserError
 from src.serving import generation as gen
 from src.serving.compare_jobs import CompareJobs
@@ -54,6 +54,17 @@ def validation_message(errors: list[dict]) -> str:
 
 def error_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def requested_conversation(body, loaded: LoadedModel) -> Conversation:
+    """What the model is asked: the conversation so far, a raw prompt as one user turn, or a title (a card) in the
+    run's own prompt format."""
+    if body.messages is not None:
+        messages = [m.model_dump() for m in body.messages]
+        if problem := request_problem(messages):
+            raise UserError(f"messages: {problem}")
+        return messages
+    return one_turn(body.prompt) if body.prompt is not None else loaded.request(body.title)
 
 
 def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, limits, *,
@@ -194,7 +205,7 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         with ExitStack() as stack:
             loaded = lease(stack, entry, deadline)
             try:
-                request = one_turn(body.prompt) if body.prompt is not None else loaded.request(body.title)
+                request = requested_conversation(body, loaded)
             except UserError as err:  # e.g. an unknown tarot card
                 raise HTTPException(422, str(err)) from err
             settings = body.model_dump(include=set(gen.TEXT_SETTINGS), exclude_none=True)

@@ -2,7 +2,7 @@
 by a factory; unknown fields are rejected (a misspelt ``num_image`` is a 422, not silently ignored)."""
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -66,19 +66,27 @@ def request_models(limits: Any) -> SimpleNamespace:
         no_repeat_ngram_size: int | None = Field(None, ge=0, le=20)
         max_new_tokens: int | None = Field(None, ge=1, le=int(limits.max_new_tokens))
 
+    class Message(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        role: Literal["system", "user", "assistant"]
+        content: str = Field(**text_bounds)
+
     class TextRequest(TextSettings):
-        """Exactly one of ``title`` (formatted with the run's prompt template, as in training) or ``prompt``
-        (given to the model as is)."""
+        """Exactly one of ``title`` (formatted with the run's prompt template, as in training), ``prompt`` (given
+        to the model as is) or ``messages`` (the conversation so far, ending with the user's turn: a chat model
+        reads it through its chat template)."""
 
         model_name: str = Field(min_length=1, max_length=500)
         title: str | None = Field(None, **text_bounds)
         prompt: str | None = Field(None, **text_bounds)
+        messages: list[Message] | None = Field(None, min_length=1, max_length=int(limits.get("max_messages", 64)))
         seed: int | None = SEED
 
         @model_validator(mode="after")
         def one_input(self):
-            if (self.title is None) == (self.prompt is None):
-                raise ValueError("give exactly one of 'title' (formatted as in training) or 'prompt' (used as is)")
+            if sum(x is not None for x in (self.title, self.prompt, self.messages)) != 1:
+                raise ValueError("give exactly one of 'title' (formatted as in training), 'prompt' (used as is) or "
+                                 "'messages' (the conversation so far)")
             return self
 
     class ImageRequest(BaseModel):
