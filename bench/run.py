@@ -10,7 +10,7 @@ size, f image evaluation; against the tools users would pick instead: g training
 Seq2SeqTrainer + peft (group_by_length off and on, peak RSS; tiny T5 and flan-t5-base shape), h evaluation
 with generation vs Seq2SeqTrainer.predict, i diffusion LoRA training vs the step of diffusers'
 train_text_to_image_lora.py (time and peak RSS), j training overhead at the flan-t5-base shape (row a's
-comparison). Prints a table and writes the figures (with details) to bench/results.json.
+comparison), k chat SFT tokens/s vs TRL's SFTTrainer + peft, packing off and on (pip install -e ".[bench]"). Prints a table and writes the figures (with details) to bench/results.json.
 Models, data and runs go to $LORAFIT_BENCH_DIR (default /tmp/lorafit_bench), never into the repo;
 the synthetic 2M-record file is written once (about 1.4 GB) and reused.
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, THREADS, WORK, quiet  # noqa: E402
 
-ROWS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
+ROWS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
 MET = {True: "yes", False: "NO", None: "-"}  # None: reported beside the row's target
 
 
@@ -59,6 +59,9 @@ def run_row(name: str, quick: bool, records: int | None) -> list[dict]:
     if name == "i":
         from bench.diffusion_training import bench_diffusion_training
         return bench_diffusion_training(quick)
+    if name == "k":
+        from bench.sft import bench_sft_vs_trl
+        return bench_sft_vs_trl(quick)
     from bench.training import bench_training_overhead_base
     return [bench_training_overhead_base(quick)]
 

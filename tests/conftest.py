@@ -95,6 +95,15 @@ def trained_run(cache_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def trained_chat_run(cache_dir, tmp_path_factory) -> Path:
+    """``experiment=quickstart_chat`` as the README runs it (20 epochs: its answers have learned to end)."""
+    run_dir = tmp_path_factory.mktemp("chat")
+    run_cli("train.py", "experiment=quickstart_chat", "logger=csv", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -31,7 +31,7 @@ BROWSER_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-qu
 HOW_TO_INSTALL = ("no Chromium for the browser tests — run scripts/install_browser.sh (Debian: apt-get install "
                   "chromium) or set LORAFIT_BROWSER=/path/to/chromium")
 VIEWPORT = {"width": 1280, "height": 800}
-TEXT_RUN, IMAGE_RUN = "train/runs/text", "train/runs/shoes"
+TEXT_RUN, IMAGE_RUN, CHAT_RUN = "train/runs/text", "train/runs/shoes", "train/runs/chat"
 TITLE = "Stainless Steel Insulated Water Bottle"
 GENERATION_MS = 300_000  # a first request loads its model
 COMPARE_MS = 900_000  # compare=all evaluates every checkpoint and the base model
@@ -77,11 +77,12 @@ def browser(chromium):
 
 
 @pytest.fixture(scope="module")
-def ui_logs(trained_run, trained_shoes_run, tmp_path_factory) -> Path:
+def ui_logs(trained_run, trained_shoes_run, trained_chat_run, tmp_path_factory) -> Path:
     """Copies of the quickstart runs (no compare report yet: the page computes it)."""
     logs = tmp_path_factory.mktemp("ui_logs") / "logs"
     shutil.copytree(trained_run, logs / TEXT_RUN)
     shutil.copytree(trained_shoes_run, logs / IMAGE_RUN)
+    shutil.copytree(trained_chat_run, logs / CHAT_RUN)
     return logs
 
 
@@ -230,6 +231,35 @@ def test_a_description_is_generated_beside_the_base_model_with_the_same_seed(ui,
         card = page.locator(f'[data-testid="text-card"][data-model="{name}"]')
         expect(card.get_by_test_id("text-output")).to_have_text(body["text"])
     ui.screenshot("text_playground")
+
+
+def test_a_chat_model_keeps_the_conversation_and_sends_it_whole_each_turn(ui, listed):
+    from playwright.sync_api import expect
+
+    page, best = ui.page, best_of(listed, CHAT_RUN)
+    ui.open("text")
+    page.get_by_test_id("text-model").select_option(best)
+    expect(page.get_by_test_id("text-mode-chat")).to_be_checked()  # a chat model opens in chat mode
+    expect(page.get_by_test_id("text-compare-model")).to_be_disabled()
+    answers = []
+    page.on("response", lambda r: answers.append(r) if r.url.endswith("/api/generate_text") else None)
+    questions = ["Bamboo Cutting Board", "Stainless Steel Insulated Water Bottle"]
+    turns = page.get_by_test_id("chat-turn")
+    for i, question in enumerate(questions):
+        page.get_by_test_id("text-input").fill(question)
+        page.get_by_test_id("text-generate").click()
+        expect(turns).to_have_count(2 * (i + 1), timeout=GENERATION_MS)
+    sent = [r.request.post_data_json["messages"] for r in answers]
+    replies = [r.json()["text"] for r in answers]
+    assert sent == [[{"role": "user", "content": questions[0]}],
+                    [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": replies[0]},
+                     {"role": "user", "content": questions[1]}]]
+    expect(turns.nth(1)).to_contain_text(replies[0])
+    expect(turns.nth(3)).to_contain_text(replies[1])
+    expect(page.get_by_test_id("text-input")).to_have_value("")
+    ui.screenshot("chat_playground")
+    page.get_by_test_id("chat-new").click()
+    expect(turns).to_have_count(0)
 
 
 def test_two_images_from_each_of_two_checkpoints_are_rendered_with_the_same_seeds(ui, listed):

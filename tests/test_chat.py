@@ -3,6 +3,7 @@ formats and skip reasons, and generation that stops at the end of a turn."""
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -155,11 +156,10 @@ def test_the_one_turn_datasets_train_a_chat_model(cache_dir, tmp_path, data):
 
 
 @pytest.fixture(scope="module")
-def chat_run(cache_dir, tmp_path_factory) -> Path:
-    """``experiment=quickstart_chat`` as the README runs it, once for the module."""
-    run_dir = tmp_path_factory.mktemp("chat") / "logs" / "train" / "runs" / "chat"
-    run_cli("train.py", "experiment=quickstart_chat", "logger=csv", "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={run_dir}")
+def chat_run(trained_chat_run, tmp_path_factory) -> Path:
+    """The chat quickstart run, copied under a logs directory as ``train/runs/chat``."""
+    run_dir = tmp_path_factory.mktemp("chat_logs") / "logs" / "train" / "runs" / "chat"
+    shutil.copytree(trained_chat_run, run_dir)
     return run_dir
 
 

@@ -25,6 +25,10 @@ from src.encoders.common import SampleEncoder, packed_collate
 from src.errors import UserError
 
 
+# part of the tokenized cache's key: raised whenever the encoders' output columns change, so a cache written by an
+# older lorafit is tokenized again instead of read without them (2: label_tokens, for the token-weighted loss)
+ENCODED_COLUMNS_VERSION = 2
+
 class TextDataModule(L.LightningDataModule):
     """Base for text datasets. Subclasses implement ``load_samples``, ``skipped`` and ``format`` (a
     ``RecordFormat``, for ``request``).
@@ -153,7 +157,8 @@ class TextDataModule(L.LightningDataModule):
         return kept.remove_columns("skip")
 
     def _fingerprint(self, part: datasets.Dataset, name: str) -> str:
-        return hashlib.sha256(f"{part._fingerprint}|{name}|{self.encoder.fingerprint()}".encode()).hexdigest()[:16]
+        key = f"{part._fingerprint}|{name}|{self.encoder.fingerprint()}|{ENCODED_COLUMNS_VERSION}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def _loader(self, name: str) -> DataLoader:
         hp = self.hparams

@@ -523,6 +523,7 @@ function fillTextPickers() {
   fillModelSelect($("text-compare-model"), list, { none: "(none)" });
   if (previous && list.some((m) => m.name === previous)) primary.value = previous;
   $("text-compare-model").value = defaultCompareWith(primary.value);
+  if (primary.value !== previous) modelChanged();
   $("text-generate").disabled = !list.length;
   if (!list.length) showError($("text-error"), "no text model to serve — train one or list base models");
 }
@@ -549,6 +550,7 @@ async function tryInPlayground(name) {
   if (model.kind === "text") {
     $("text-model").value = name;
     $("text-compare-model").value = defaultCompareWith(name);
+    modelChanged();
     showTab("text");
     $("text-input").focus();
   } else {
@@ -586,6 +588,57 @@ function textSettings() {
   return Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
 }
 
+// ---- chat mode: the conversation so far, with the primary model only; each answer becomes its next turn
+
+let conversation = [];
+
+function textMode() {
+  return document.querySelector("input[name=text-mode]:checked").value;
+}
+
+function renderConversation() {
+  $("chat-transcript").replaceChildren(...conversation.map((m) => el("li",
+    { className: `turn ${m.role}`, dataset: { testid: "chat-turn", role: m.role } },
+    el("span", { className: "role" }, m.role === "user" ? "You" : "Model"), " ", m.content)));
+}
+
+function newConversation() {
+  conversation = [];
+  renderConversation();
+}
+
+function showMode() {
+  const chat = textMode() === "messages";
+  $("chat").hidden = !chat;
+  $("text-compare-model").disabled = chat;
+  $("text-input").placeholder = chat ? "Your message" : "Stainless Steel Insulated Water Bottle";
+}
+
+// a chat model opens in chat mode; another model is a new conversation
+function modelChanged() {
+  const model = models.find((m) => m.name === $("text-model").value);
+  if (model && model.family === "chat") document.querySelector("input[name=text-mode][value=messages]").checked = true;
+  newConversation();
+  showMode();
+}
+
+async function chatTurn(name, input, seed) {
+  const errorBox = $("text-error");
+  const messages = [...conversation, { role: "user", content: input }];
+  const stop = startBusy($("text-generate"), $("text-busy"), "generating");
+  try {
+    const answer = await api("/api/generate_text", { method: "POST", body: { model_name: name, messages,
+                                                                             ...textSettings(), seed } });
+    conversation = [...messages, { role: "assistant", content: answer.text }];
+    renderConversation();
+    $("text-input").value = "";
+    $("text-results").replaceChildren(textCard(name, 0, { status: "fulfilled", value: answer }, stop()));
+  } catch (err) {
+    stop();
+    showError(errorBox, err);
+  }
+}
+
 async function generateText(event) {
   event.preventDefault();
   const errorBox = $("text-error");
@@ -593,9 +646,11 @@ async function generateText(event) {
   const input = $("text-input").value.trim();
   const primary = $("text-model").value;
   if (!primary) return showError(errorBox, "pick a model first");
-  if (!input) return showError(errorBox, "enter a title or a prompt");
-  const mode = document.querySelector("input[name=text-mode]:checked").value;
-  const seed = numberField("text-seed") ?? randomSeed(); // one seed for both sides
+  if (!input) return showError(errorBox, "enter a title, a prompt or a message");
+  const mode = textMode();
+  const seed = numberField("text-seed") ?? randomSeed();
+  if (mode === "messages") return chatTurn(primary, input, seed);
+  // one seed for both sides
   const names = [primary, $("text-compare-model").value].filter((n, i, all) => n && all.indexOf(n) === i);
   const stop = startBusy($("text-generate"), $("text-busy"), "generating");
   const results = await Promise.allSettled(names.map((name) =>
@@ -697,7 +752,10 @@ function init() {
   $("compare-compute").addEventListener("click", computeReport);
   $("text-model").addEventListener("change", (e) => {
     $("text-compare-model").value = defaultCompareWith(e.target.value);
+    modelChanged();
   });
+  for (const radio of document.querySelectorAll("input[name=text-mode]")) radio.addEventListener("change", showMode);
+  $("chat-new").addEventListener("click", newConversation);
   $("text-preset-reference").addEventListener("click", () => applyPreset(REFERENCE_PRESET));
   $("text-preset-clear").addEventListener("click", () => applyPreset(null));
   $("text-form").addEventListener("submit", generateText);
