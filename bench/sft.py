@@ -7,7 +7,8 @@ on the same conversations (the first N of the chat quickstart's training split, 
 LoRA r=16 on every linear projection, torch's AdamW, the same learning rate, a linear schedule without warm-up,
 clipping at 1.0, batch size, maximum length and threads. Packing: the framework's best-fit-decreasing rows of
 ``data.max_length`` tokens with restarting position ids; TRL's ``packing=True`` (its "bfd" strategy, padding-free
-rows with position ids). Without packing each side pads a batch to its longest sample. The loss masks differ
+rows with position ids). Without packing each side pads a batch to its longest sample. TRL's own defaults of
+bf16 autocast and gradient checkpointing are turned off, as the framework's settings here have them. The loss masks differ
 (the framework's on the assistant turns; TRL's ``assistant_only_loss`` needs a template with generation tags,
 which ChatML lacks, so TRL's covers every token): the FLOPs do not.
 
@@ -117,7 +118,10 @@ def trl_side(spec: dict) -> dict:
         num_train_epochs=spec["epochs"], learning_rate=spec["lr"], weight_decay=spec["weight_decay"],
         lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch", seed=spec["seed"],
         use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True,
-        max_length=spec["max_length"], packing=spec["packing"], dataset_num_proc=1)
+        max_length=spec["max_length"], packing=spec["packing"], dataset_num_proc=1,
+        # TRL's defaults are bf16 autocast and gradient checkpointing; the framework's run here is float32 without
+        # checkpointing (bf16 without hardware support took 25x longer per step on this CPU)
+        bf16=False, gradient_checkpointing=False)
     clock = EpochClock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                          peft_config=LoraConfig(**spec["lora"], task_type="CAUSAL_LM"), callbacks=[clock])

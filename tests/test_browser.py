@@ -147,7 +147,7 @@ def test_runs_are_listed_and_a_run_shows_its_training_curves(ui, server):
     from playwright.sync_api import expect
 
     runs = requests.get(f"{server.url}/api/runs", timeout=60).json()["runs"]
-    assert {r["name"] for r in runs} == {TEXT_RUN, IMAGE_RUN}
+    assert {r["name"] for r in runs} == {TEXT_RUN, IMAGE_RUN, CHAT_RUN}
     ui.open("runs")
     rows = ui.page.get_by_test_id("run-row")
     expect(rows).to_have_count(len(runs))
