@@ -8,9 +8,9 @@ LoRA r=16 on every linear projection, torch's AdamW, the same learning rate, a l
 clipping at 1.0, batch size, maximum length and threads. Packing: the framework's best-fit-decreasing rows of
 ``data.max_length`` tokens with restarting position ids; TRL's ``packing=True`` (its "bfd" strategy, padding-free
 rows with position ids). Without packing each side pads a batch to its longest sample. TRL's own defaults of
-bf16 autocast and gradient checkpointing are turned off, as the framework's settings here have them. The loss masks differ
-(the framework's on the assistant turns; TRL's ``assistant_only_loss`` needs a template with generation tags,
-which ChatML lacks, so TRL's covers every token): the FLOPs do not.
+bf16 autocast and gradient checkpointing are turned off, as the framework's settings here have them. The loss masks
+differ (the framework's on the assistant turns; TRL's ``assistant_only_loss`` needs a template with generation
+tags, which ChatML lacks, so TRL's covers every token): the FLOPs do not.
 
 Each side runs in its own fresh interpreter (``python -m bench.sft <spec>``) for its own peak RSS, three epochs,
 the first one warm-up; a side's figure is its best later epoch: the real (non-pad) tokens of the epoch's samples

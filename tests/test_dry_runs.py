@@ -93,22 +93,22 @@ DRY_RUNS = {
     "amazon_qwen2_5_0_5b": DryRun(
         "amazon_qwen2_5_0_5b", "chat", "Qwen/Qwen2.5-0.5B-Instruct", "random_chat", AMAZON,
         [f"data.train_file={AMAZON[0]}", f"data.test_file={AMAZON[1]}", *TEXT_SIZES, *CHAT_SIZES,
-         "data.max_length=128", "data.batch_size=2", "data.limit_train_samples=10", "trainer.max_epochs=2", "val_every_n_steps=4",
-         "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
+         "data.max_length=128", "data.batch_size=2", "data.limit_train_samples=10", "trainer.max_epochs=2",
+         "val_every_n_steps=4", "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
     # batch 2 x accumulation 2, 6 samples, one validation per epoch (as the recipe): steps 2 and 4; a reading
     # takes up to ~200 tokens of this tokenizer
     "tarot_qwen2_5": DryRun(
         "tarot_qwen2_5", "chat", "Qwen/Qwen2.5-1.5B-Instruct", "random_chat", [SAMPLES / "tarot" / "readings.jsonl"],
-        [*TEXT_SIZES, *CHAT_SIZES, "data.max_length=320", "data.batch_size=2", "data.limit_train_samples=6", "trainer.max_epochs=2",
-         "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
+        [*TEXT_SIZES, *CHAT_SIZES, "data.max_length=320", "data.batch_size=2", "data.limit_train_samples=6",
+         "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 2, "embedding_rows": 1000}),
     # one layer of Llama-3.1-8B's shape (hidden 4096, 32 query / 8 key-value heads, MLP 14336: 218M parameters,
-    # 7 LoRA'd projections); no 4-bit on a CPU. The recipe's batch 4 x accumulation 4 at batch 1: 5 samples step at batches 4 and 5, 4 steps in
-    # 2 epochs
+    # 7 LoRA'd projections); no 4-bit on a CPU. The recipe's batch 4 x accumulation 4 at batch 1: 5 samples step
+    # at batches 4 and 5, 4 steps in 2 epochs
     "amazon_llama3_8b_qlora": DryRun(
         "amazon_llama3_8b_qlora", "chat", "meta-llama/Llama-3.1-8B-Instruct", "random_chat", AMAZON,
         [f"data.train_file={AMAZON[0]}", f"data.test_file={AMAZON[1]}", *TEXT_SIZES, *CHAT_SIZES,
-         "data.max_length=128", "model.quantization=null", "data.batch_size=1", "data.limit_train_samples=5", "data.limit_val_samples=4",
-         "data.limit_test_samples=4", "data.eval_batch_size=4", "trainer.max_epochs=2", "val_every_n_steps=3",
+         "data.max_length=128", "model.quantization=null", "data.batch_size=1", "data.limit_train_samples=5",
+         "data.limit_val_samples=4", "data.limit_test_samples=4", "data.eval_batch_size=4", "trainer.max_epochs=2", "val_every_n_steps=3",
          "callbacks.model_checkpoint.save_top_k=-1"], {"num_hidden_layers": 1, "embedding_rows": 1000}),
 }
 

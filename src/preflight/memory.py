@@ -121,7 +121,8 @@ def estimate(plan: ModelPlan, cfg, probed: dict[str, Any], quantization: str | N
     base_bytes = plan.family.base_weight_bytes(plan, quantization)
     peak = base_bytes + adapter_bytes + activations
     return {
-        "precision": precision, "quantization": quantization, "gradient_checkpointing": probed["gradient_checkpointing"],
+        "precision": precision, "quantization": quantization,
+        "gradient_checkpointing": probed["gradient_checkpointing"],
         "activation_shape": probed["shape"], "base_weights_bytes": base_bytes,
         "adapter_and_optimizer_bytes": adapter_bytes, "activations_bytes": activations,
         "estimated_peak_bytes": peak, "forward_flops_per_batch": probed["flops"],
