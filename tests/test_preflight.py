@@ -170,15 +170,20 @@ def test_a_large_json_array_is_sampled_by_its_first_items(cache_dir, tmp_path, m
 
 
 def test_activation_estimate_follows_batch_and_checkpointing(cache_dir, tmp_path):
-    from src.preflight.memory import estimate
+    from src.preflight.memory import estimate, probe
     from src.preflight.model import plan_model
 
     cfg = compose_config("train", ["experiment=amazon_flan_t5"], tmp_path)
     data = {"source_tokens": {"max_length": 128, "max": 128}, "target_tokens": {"max_length": 224, "max": 224}}
-    one = estimate(plan_model(cfg.model), cfg, data, gradient_checkpointing=False)
+
+    def measured(gradient_checkpointing: bool) -> dict:
+        plan = plan_model(cfg.model)
+        return estimate(plan, cfg, probe(plan, cfg, data, gradient_checkpointing), None)
+
+    one = measured(False)
     cfg.data.batch_size = 4
-    four = estimate(plan_model(cfg.model), cfg, data, gradient_checkpointing=False)
-    recomputed = estimate(plan_model(cfg.model), cfg, data, gradient_checkpointing=True)
+    four = measured(False)
+    recomputed = measured(True)
     assert 3.5 < four["activations_bytes"] / one["activations_bytes"] < 4.5
     assert recomputed["activations_bytes"] < four["activations_bytes"] / 4
     assert one["base_weights_bytes"] == 4 * (one["base_weights_bytes"] // 4)
@@ -225,7 +230,7 @@ def test_meta_measurement_equals_the_same_steps_on_real_tensors(family, model, c
         model = get_peft_model(base, LoraConfig(r=8, target_modules=targets, task_type=task, lora_dropout=0.1))
         model.train()
         ids = torch.ones(4, 40, dtype=torch.long, device=device)
-        return measure_training(model, lambda: model(input_ids=ids, labels=ids).loss)
+        return measure_training(model, lambda: model(input_ids=ids, labels=ids).loss, count_flops=True)
 
     meta = FAMILIES.get(family).meta_model(directory)
     meta.set_attn_implementation("eager")
