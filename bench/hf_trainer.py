@@ -81,7 +81,9 @@ def tokenizer_and_datamodule(cfg):
 
 
 # -- row g: one side per process ------------------------------------------------------------------------
-def framework_side(spec: dict) -> dict:
+def fit_timed(cfg) -> tuple[list[float], int]:
+    """train.py's fit of ``cfg`` (its callbacks and loggers), with every epoch's seconds (epoch start to the last
+    batch's end) and the optimizer steps taken; shared by rows g and k."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -101,28 +103,18 @@ def framework_side(spec: dict) -> dict:
         def on_train_epoch_end(self, trainer, pl_module):
             self.epochs.append(self.end - self.start)
 
-    cfg = training_config(spec["model"], spec["samples"], spec["epochs"], f"g_{spec['model']}_framework",
-                          spec["group_by_length"])
     module, datamodule = build_model_and_data(cfg)
     clock = EpochClock()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), clock],
                           logger=instantiate_group(cfg.get("logger")) or False)
     trainer.fit(module, datamodule=datamodule)
-    return timed(clock.epochs, trainer.global_step)
+    return clock.epochs, trainer.global_step
 
 
-def hf_side(spec: dict) -> dict:
-    import datasets
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        Seq2SeqTrainer,
-        Seq2SeqTrainingArguments,
-        TrainerCallback,
-    )
+def hf_epoch_clock():
+    """A transformers ``TrainerCallback`` holding every epoch's seconds (epoch start to the last step's end)."""
+    from transformers import TrainerCallback
 
     class EpochClock(TrainerCallback):
         def __init__(self):
@@ -137,6 +129,26 @@ def hf_side(spec: dict) -> dict:
         def on_epoch_end(self, args, state, control, **kwargs):
             self.epochs.append(self.end - self.start)
 
+    return EpochClock()
+
+
+def framework_side(spec: dict) -> dict:
+    cfg = training_config(spec["model"], spec["samples"], spec["epochs"], f"g_{spec['model']}_framework",
+                          spec["group_by_length"])
+    return timed(*fit_timed(cfg))
+
+
+def hf_side(spec: dict) -> dict:
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
+
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(spec["model_dir"]),
                            LoraConfig(**spec["lora"], task_type="SEQ_2_SEQ_LM"))
@@ -147,7 +159,7 @@ def hf_side(spec: dict) -> dict:
         learning_rate=spec["lr"], weight_decay=spec["weight_decay"], lr_scheduler_type="linear", warmup_steps=0,
         max_grad_norm=1.0, optim="adamw_torch", train_sampling_strategy=spec["strategy"], seed=spec["seed"],
         use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True)
-    clock = EpochClock()
+    clock = hf_epoch_clock()
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
                              callbacks=[clock])

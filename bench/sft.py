@@ -19,7 +19,6 @@ over its seconds. Two rounds, in the order framework off, TRL off, framework on,
 
 import json
 import sys
-import time
 
 from bench.common import THREADS, WORK, compose, row, run_side
 
@@ -62,53 +61,20 @@ def epoch_tokens(samples: int) -> tuple[int, list]:
 
 # -- one side per process ---------------------------------------------------------------------------------
 def framework_side(spec: dict) -> dict:
-    import lightning as L
-    from hydra.utils import instantiate
-
-    from src.building import build_model_and_data
-    from src.instantiation import instantiate_group
-
-    class EpochClock(L.Callback):
-        def __init__(self):
-            self.epochs: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.end = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self.epochs.append(self.end - self.start)
+    from bench.hf_trainer import fit_timed
 
     cfg = training_config(spec["samples"], spec["epochs"], f"k_framework_{spec['packing']}", spec["packing"])
-    module, datamodule = build_model_and_data(cfg)
-    clock = EpochClock()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer = instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), clock],
-                          logger=instantiate_group(cfg.get("logger")) or False)
-    trainer.fit(module, datamodule=datamodule)
-    return {"epoch_seconds": clock.epochs, "steps": trainer.global_step}
+    epochs, steps = fit_timed(cfg)
+    return {"epoch_seconds": epochs, "steps": steps}
 
 
 def trl_side(spec: dict) -> dict:
     import datasets
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    class EpochClock(TrainerCallback):
-        def __init__(self):
-            self.epochs: list[float] = []
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.end = time.perf_counter()
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            self.epochs.append(self.end - self.start)
+    from bench.hf_trainer import hf_epoch_clock
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype="float32")
@@ -122,7 +88,7 @@ def trl_side(spec: dict) -> dict:
         # TRL's defaults are bf16 autocast and gradient checkpointing; the framework's run here is float32 without
         # checkpointing (bf16 without hardware support took 25x longer per step on this CPU)
         bf16=False, gradient_checkpointing=False)
-    clock = EpochClock()
+    clock = hf_epoch_clock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                          peft_config=LoraConfig(**spec["lora"], task_type="CAUSAL_LM"), callbacks=[clock])
     trainer.train()

@@ -99,6 +99,11 @@ def quantized_base_bytes(plan: ModelPlan, mode: str) -> int:
     return int(total)
 
 
+def frozen_dtype(plan: ModelPlan) -> torch.dtype:
+    """The base weights' dtype on the meta network (``model.dtype``)."""
+    return next(p for p in plan.network.parameters() if not p.requires_grad).dtype
+
+
 def probe(plan: ModelPlan, cfg, data: dict[str, Any], gradient_checkpointing: bool,
           count_flops: bool = True) -> dict[str, Any]:
     """Two training steps of the network on the meta device at the run's batch and maximum lengths."""
@@ -115,8 +120,7 @@ def estimate(plan: ModelPlan, cfg, probed: dict[str, Any], quantization: str | N
     precision = str(cfg.trainer.get("precision", "32-true"))
     adapter_bytes = ADAPTER_BYTES * plan.trainable  # LoRA weights; their gradients and AdamW states
     activations = max(0, probed["step_bytes"] - (adapter_bytes - 4 * plan.trainable))  # activations, transients
-    measured_in_float32 = next(p for p in plan.network.parameters() if not p.requires_grad).dtype == torch.float32
-    if measured_in_float32 and (precision in HALF or quantization):
+    if frozen_dtype(plan) == torch.float32 and (precision in HALF or quantization):
         activations //= 2  # autocast (or k-bit's 16-bit compute dtype) computes, and so keeps, them in 16 bits
     base_bytes = plan.family.base_weight_bytes(plan, quantization)
     peak = base_bytes + adapter_bytes + activations
@@ -140,7 +144,7 @@ def gpu_fits(plan: ModelPlan, cfg, data: dict[str, Any], configured: dict[str, A
     four), and whether each fits a 24 GB and an 80 GB GPU with room for the CUDA context. Quantization changes
     the stored weights, not the probe: one more probe, with checkpointing switched."""
     probes = {probed["gradient_checkpointing"]: probed}
-    dtype = next(p for p in plan.network.parameters() if not p.requires_grad).dtype
+    dtype = frozen_dtype(plan)
     rows = []
     for quantization in (None, "4bit"):
         for checkpointing in (False, True):
