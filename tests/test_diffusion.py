@@ -115,6 +115,30 @@ def test_exported_lora_loads_with_plain_diffusers_and_changes_the_output(shoes_r
     assert np.abs(tuned - base).mean() > 1e-3
 
 
+def test_the_kohya_file_loads_through_diffusers_as_the_diffusers_file_does(shoes_run):
+    # kohya's layout (A1111, ComfyUI): diffusers reads it with its own converter for that format
+    from safetensors.torch import load_file
+
+    base_dir = read_json(shoes_run / "metrics.json")["model"]["base"]
+    adapter = shoes_run / "adapter"
+    kohya = load_file(adapter / "pytorch_lora_weights_kohya.safetensors")
+    assert kohya and all(k.startswith("lora_unet_") for k in kohya)
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {8.0}  # the run's lora_alpha, not r
+
+    def unet_out(weight_name):
+        pipe = StableDiffusionPipeline.from_pretrained(base_dir, safety_checker=None)
+        pipe.load_lora_weights(adapter, weight_name=weight_name)
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=generator)
+        text = torch.randn(1, 4, pipe.unet.config.cross_attention_dim, generator=generator)
+        with torch.no_grad():
+            return pipe.unet(sample, 10, encoder_hidden_states=text).sample
+
+    diffusers_file, kohya_file = unet_out("pytorch_lora_weights.safetensors"), unet_out(
+        "pytorch_lora_weights_kohya.safetensors")
+    assert torch.allclose(kohya_file, diffusers_file, atol=1e-5)
+
+
 def test_exported_lora_evaluates_and_must_match_the_lora_config(shoes_run, tmp_path):
     run_cli("evaluate.py", f"ckpt={shoes_run / 'adapter'}",
             f"hydra.run.dir={tmp_path / 'ok'}")

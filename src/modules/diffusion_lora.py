@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline,
                        UNet2DConditionModel)
 from diffusers.training_utils import compute_snr
-from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from diffusers.utils import (convert_state_dict_to_diffusers, convert_state_dict_to_kohya,
+                             convert_unet_state_dict_to_peft)
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import CLIPTextModel
 
 from src.errors import UserError
@@ -29,6 +31,19 @@ from src.pretrained.loading import load_pretrained, load_tokenizer
 log = logging.getLogger(__name__)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"  # the name diffusers' own training scripts give it
+
+
+def kohya_state_dict(unet_weights: dict[str, torch.Tensor], lora: LoraConfig) -> dict[str, torch.Tensor]:
+    """The UNet's peft LoRA weights in kohya's layout (``lora_unet_<module>.lora_down/lora_up/alpha``), by diffusers'
+    ``convert_state_dict_to_kohya``. That function writes each module's alpha as its rank (a scale of 1); kohya's
+    scale is alpha / rank, so the alphas are set to the config's, or a file with lora_alpha != r would load at
+    the wrong strength."""
+    if lora.alpha_pattern or lora.rank_pattern:
+        raise UserError("model.lora.rank_pattern/alpha_pattern have no kohya export here — export without them")
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in unet_weights.items()})
+    return {k: torch.tensor(float(lora.lora_alpha)) if k.endswith(".alpha") else v.contiguous()
+            for k, v in kohya.items()}
 
 
 def image_grid(images: torch.Tensor, cols: int = 4) -> np.ndarray:
@@ -212,10 +227,13 @@ class DiffusionLoRAModule(LoRAModuleBase):
 
     def export_adapter(self, directory: str) -> None:
         """diffusers' LoRA file, for ``StableDiffusionPipeline.from_pretrained(base).load_lora_weights(dir)``;
-        the LoRA config rides along as metadata so alpha (the scaling) survives the round trip."""
+        the LoRA config rides along as metadata so alpha (the scaling) survives the round trip. Beside it, the same
+        weights in kohya's key layout (``KOHYA_FILE``), which AUTOMATIC1111, ComfyUI and kohya's scripts load."""
+        weights = get_peft_model_state_dict(self.unet)
         StableDiffusionPipeline.save_lora_weights(
-            directory, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet)),
+            directory, unet_lora_layers=convert_state_dict_to_diffusers(weights),
             unet_lora_adapter_metadata=self.lora_config.to_dict(), safe_serialization=True)
+        save_file(kohya_state_dict(weights, self.lora_config), str(Path(directory) / KOHYA_FILE))
 
     def load_adapter(self, directory: str) -> None:
         if not (Path(directory) / LORA_FILE).is_file():
