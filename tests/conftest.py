@@ -104,6 +104,14 @@ def trained_chat_run(cache_dir, tmp_path_factory) -> Path:
     return run_dir
 
 
+def logs_holding(tmp_path_factory, prefix: str, **runs: Path) -> Path:
+    """A logs directory holding a copy of each run as ``train/runs/<name>`` (as a server's ``logs_dir``)."""
+    logs = tmp_path_factory.mktemp(prefix) / "logs"
+    for name, run in runs.items():
+        shutil.copytree(run, logs / "train" / "runs" / name)
+    return logs
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -233,6 +233,51 @@ def test_a_description_is_generated_beside_the_base_model_with_the_same_seed(ui,
     ui.screenshot("text_playground")
 
 
+def stream_events(response) -> list[dict]:
+    """The server-sent events of a streamed /api/generate_text response."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [json.loads(line[len("data: "):]) for line in response.text().split("\n\n") if line.startswith("data: ")]
+
+
+def answer_of(response) -> dict:
+    """A text response's body, streamed (its last event) or not."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        return stream_events(response)[-1]["done"]
+    return response.json()
+
+
+def test_the_text_playground_streams_the_answer_as_it_is_generated(ui, listed):
+    from playwright.sync_api import expect
+
+    page, best = ui.page, best_of(listed, TEXT_RUN)
+    ui.open("text")
+    page.get_by_test_id("text-compare-model").select_option("")
+    page.get_by_test_id("text-input").fill(TITLE)
+    page.get_by_test_id("text-max-new-tokens").fill("24")
+    expect(page.get_by_test_id("text-stream")).to_be_checked()
+    # every change the page makes to the results while the answer arrives (records are kept, none coalesced)
+    page.evaluate("""() => { window.changes = 0; new MutationObserver((records) => { window.changes += records.length; })
+        .observe(document.getElementById('text-results'), { childList: true, subtree: true, characterData: true }); }""")
+    answers = []
+    page.on("response", lambda r: answers.append(r) if r.url.endswith("/api/generate_text") else None)
+    page.get_by_test_id("text-generate").click()
+    expect(page.locator('[data-testid="text-card"]:not([data-streaming])')).to_have_count(1, timeout=GENERATION_MS)
+    (response,) = answers
+    assert response.request.post_data_json["stream"] is True
+    events = stream_events(response)
+    pieces = [e["text"] for e in events if "text" in e]
+    assert len(pieces) > 1 and "".join(pieces).strip() == events[-1]["done"]["text"]
+    assert page.evaluate("window.changes") > len(pieces)  # the live card showed each piece, then the final card
+    expect(page.get_by_test_id("text-output")).to_have_text(events[-1]["done"]["text"])
+
+    page.get_by_test_id("text-stream").uncheck()  # unticked: one plain JSON answer, the same text
+    with page.expect_response(lambda r: r.url.endswith("/api/generate_text"), timeout=GENERATION_MS) as plain:
+        page.get_by_test_id("text-generate").click()
+    assert plain.value.headers["content-type"] == "application/json"
+    assert plain.value.json()["text"] == events[-1]["done"]["text"]
+    expect(page.get_by_test_id("text-generate")).to_be_enabled(timeout=GENERATION_MS)
+
+
 def test_a_chat_model_keeps_the_conversation_and_sends_it_whole_each_turn(ui, listed):
     from playwright.sync_api import expect
 
@@ -248,15 +293,16 @@ def test_a_chat_model_keeps_the_conversation_and_sends_it_whole_each_turn(ui, li
     for i, question in enumerate(questions):
         page.get_by_test_id("text-input").fill(question)
         page.get_by_test_id("text-generate").click()
+        expect(page.get_by_test_id("text-input")).to_have_value("")  # sent: the box is free for the next one
         expect(turns).to_have_count(2 * (i + 1), timeout=GENERATION_MS)
+        expect(page.get_by_test_id("text-busy")).to_be_hidden(timeout=GENERATION_MS)  # the answer has ended
     sent = [r.request.post_data_json["messages"] for r in answers]
-    replies = [r.json()["text"] for r in answers]
+    replies = [answer_of(r)["text"] for r in answers]
     assert sent == [[{"role": "user", "content": questions[0]}],
                     [{"role": "user", "content": questions[0]}, {"role": "assistant", "content": replies[0]},
                      {"role": "user", "content": questions[1]}]]
     expect(turns.nth(1)).to_contain_text(replies[0])
     expect(turns.nth(3)).to_contain_text(replies[1])
-    expect(page.get_by_test_id("text-input")).to_have_value("")
     ui.screenshot("chat_playground")
     page.get_by_test_id("chat-new").click()
     expect(turns).to_have_count(0)

@@ -181,6 +181,21 @@ def test_the_chat_quickstart_trains_exports_and_its_answers_stop(chat_run, tmp_p
 
 
 @pytest.mark.slow
+def test_the_exported_adapter_has_the_layout_vllms_lora_loader_reads(chat_run):
+    # vLLM's LoRA serving reads adapter_config.json and adapter_model.safetensors with peft's saved key names
+    import re
+
+    from safetensors.torch import load_file
+
+    adapter = chat_run / "adapter"
+    config = read_json(adapter / "adapter_config.json")
+    assert config["peft_type"] == "LORA" and config["r"] and config["lora_alpha"] and config["target_modules"]
+    assert Path(config["base_model_name_or_path"]).is_dir() and not config.get("modules_to_save")
+    keys = load_file(adapter / "adapter_model.safetensors").keys()
+    assert keys and all(re.fullmatch(r"base_model\.model\..+\.lora_[AB]\.weight", k) for k in keys)
+
+
+@pytest.mark.slow
 def test_a_served_conversation_is_answered_as_plain_peft_answers_it_through_the_template(chat_run, tmp_path):
     from peft import PeftModel
 

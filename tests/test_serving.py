@@ -20,7 +20,6 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -452,15 +451,16 @@ def write_run(run_dir: Path, config: str, checkpoint: dict | None = None) -> Pat
 def assert_run_refused_and_never_loaded(tmp_path, run: Path, *named: str) -> str:
     """evaluate.py's path and the server's both refuse ``run`` with one line holding each of ``named``; returns
     the server's error detail."""
-    from src.serving.server import load_entry
+    from src.serving.resident import Residents
     from src.targets import with_run_config
 
     with pytest.raises(UserError) as refused:
         with_run_config(OmegaConf.create({}), run)  # evaluate.py's path
     assert "\n" not in str(refused.value) and all(n in str(refused.value) for n in named), refused.value
     registry = ModelRegistry(tmp_path / "logs")
-    cache = ModelCache(partial(load_entry, OmegaConf.create({}), "cpu"), 2)  # the real loader
-    app = create_app(registry, cache, ImageStore(tmp_path / "images", 10), LIMITS)
+    residents = Residents(OmegaConf.create({}), "cpu", 16)  # the real loader
+    app = create_app(registry, ModelCache(residents.load, 2), ImageStore(tmp_path / "images", 10), LIMITS,
+                     resident_key=residents.key)
     status, _, listed = call(app, "GET", "/api/models")
     assert status == 200 and not [m for m in listed["models"] if run.name in m["name"]]
     name = f"{run.relative_to(tmp_path / 'logs').as_posix()}/last"

@@ -7,7 +7,6 @@ server must never hold more than ``max_loaded_models`` models, which it records 
 and which is also sampled after every answer. Latencies are printed, not asserted.
 """
 
-import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.conftest import logs_holding
 from tests.test_serving import running_server
 
 MAX_LOADED = 2
@@ -23,10 +23,7 @@ TITLES = ("Stainless Steel Insulated Water Bottle", "Leather Wallet", "Yoga Mat"
 
 @pytest.fixture(scope="module")
 def load_logs(trained_run, trained_shoes_run, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("load_logs") / "logs"
-    shutil.copytree(trained_run, logs / "train" / "runs" / "text")
-    shutil.copytree(trained_shoes_run, logs / "train" / "runs" / "shoes")
-    return logs
+    return logs_holding(tmp_path_factory, "load_logs", text=trained_run, shoes=trained_shoes_run)
 
 
 def distinct_requests(image_model: str) -> list[tuple[str, dict]]:

@@ -28,7 +28,8 @@ def _encoder_options(model_cfg: DictConfig) -> dict[str, Any]:
 
 
 CHAT = TextFamily(
-    name=names.CHAT, description="a chat model", module_class=ChatLoRAModule, auto_class=AutoModelForCausalLM,
+    name=names.CHAT, description="a chat model", answers_conversations=True, module_class=ChatLoRAModule,
+    auto_class=AutoModelForCausalLM,
     task_type=TaskType.CAUSAL_LM, encoder_class=ChatEncoder, train_tokenizer_fn=train_chat_tokenizer,
     tokenizer_description="a byte-level BPE tokenizer ({vocab_size} tokens) with the ChatML template",
     special_token_ids=_special_token_ids, probe_inputs=decoder_only_probe, default_max_positions=4096,

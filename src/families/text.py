@@ -48,6 +48,7 @@ class TextFamily:
     random_init_version: int = 1
     encoder_options: Callable[[DictConfig], dict[str, Any]] = field(default=lambda model_cfg: {})
     kind: str = "text"
+    answers_conversations: bool = False  # through a chat template: served at OpenAI's /v1/chat/completions
     hub_marker: str = "config.json"
     tokenizer_subfolder: str | None = None
 

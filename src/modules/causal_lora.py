@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import torch
 from peft import TaskType
 from transformers import AutoModelForCausalLM
 
@@ -19,9 +20,12 @@ class CausalLoRAModule(TextLoRAModule):
         if self.tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding is masked anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
+    def generate_tokens(self, batch: dict[str, Any], generation: dict | None = None) -> torch.Tensor:
         prompts = batch["prompt_input_ids"]  # left-padded: every continuation starts at the same column
         out = self.model.generate(input_ids=prompts, attention_mask=batch["prompt_attention_mask"],
                                   pad_token_id=self.tokenizer.pad_token_id,
                                   **{**self.generation, **(generation or {})})
-        return [t.strip() for t in self.tokenizer.batch_decode(out[:, prompts.shape[1]:], skip_special_tokens=True)]
+        return out[:, prompts.shape[1]:]
+
+    def prompt_tokens(self, batch: dict[str, Any]) -> list[int]:
+        return batch["prompt_attention_mask"].sum(dim=1).tolist()

@@ -25,8 +25,11 @@ class ChatLoRAModule(CausalLoRAModule):
         # the template's end-of-turn token ends an answer; checked here, so a tokenizer without one fails at once
         self.stop_token_ids = ChatEncoder(self.tokenizer, 1, 1, train_on=train_on).stop_token_ids()
 
-    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
-        return super().generate_texts(batch, {"eos_token_id": self.stop_token_ids, **(generation or {})})
+    def generate_tokens(self, batch: dict[str, Any], generation: dict | None = None):
+        return super().generate_tokens(batch, {"eos_token_id": self.stop_token_ids, **(generation or {})})
+
+    def end_token_ids(self) -> list[int]:
+        return list(self.stop_token_ids)
 
     def extra_report(self) -> dict[str, Any]:
         return {**super().extra_report(), "train_on": self.train_on, "stop_token_ids": self.stop_token_ids}

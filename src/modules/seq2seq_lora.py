@@ -15,10 +15,13 @@ class Seq2SeqLoRAModule(TextLoRAModule):
     task_type = TaskType.SEQ_2_SEQ_LM
     family_name = names.SEQ2SEQ
 
-    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None, **encoded) -> list[str]:
+    def generate_tokens(self, batch: dict[str, Any], generation: dict | None = None, **encoded) -> torch.Tensor:
         out = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   **encoded, **{**self.generation, **(generation or {})})
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return out[:, 1:]  # after the decoder's start token
+
+    def prompt_tokens(self, batch: dict[str, Any]) -> list[int]:
+        return batch["attention_mask"].sum(dim=1).tolist()
 
     def loss_and_predictions(self, batch: dict[str, Any], with_loss: bool = True
                              ) -> tuple[torch.Tensor | None, list[str]]:

@@ -4,6 +4,7 @@ Shared by every text family's module. A family's subclass names its ``family_nam
 ``task_type``, and how to turn a batch into generated strings.
 """
 
+import copy
 import logging
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +21,8 @@ from src.pretrained.loading import base_load_kwargs, check_attn_implementation, 
 from src.pretrained.quantization import check_quantization, prepare_for_kbit, quantized_load_kwargs
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ADAPTER = "default"  # peft's name for the adapter a module trains
 
 
 class TextLoRAModule(LoRAModuleBase):
@@ -60,9 +63,25 @@ class TextLoRAModule(LoRAModuleBase):
         self.losses = torch.nn.ModuleDict({"val": EvalLoss(), "test": EvalLoss()})
 
     # -- family hooks ------------------------------------------------------------------------------
-    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None) -> list[str]:
-        """Generated strings for the batch; ``generation`` overrides ``model.generation`` for this call (serving)."""
+    def generate_tokens(self, batch: dict[str, Any], generation: dict | None = None, **encoded) -> torch.Tensor:
+        """The generated token ids of each row, without the prompt (padded after the end of each answer);
+        ``generation`` overrides ``model.generation`` for this call (serving: a streamer, stop strings)."""
         raise NotImplementedError
+
+    def prompt_tokens(self, batch: dict[str, Any]) -> list[int]:
+        """How many real (not padding) tokens each row's prompt has."""
+        raise NotImplementedError
+
+    def generate_texts(self, batch: dict[str, Any], generation: dict | None = None, **encoded) -> list[str]:
+        """Generated strings for the batch, stripped."""
+        out = self.generate_tokens(batch, generation, **encoded)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def end_token_ids(self) -> list[int]:
+        """The tokens that end an answer (eos; a chat model's end-of-turn too)."""
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
     # -- training ----------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]):
@@ -189,6 +208,38 @@ class TextLoRAModule(LoRAModuleBase):
         unexpected = [k for k in result.unexpected_keys if "lora_" in k]
         if unexpected:
             raise UserError(f"adapter {directory} holds weights this model lacks, e.g. {unexpected[0]}")
+
+    # -- many adapters on this base (serving) -------------------------------------------------------
+    def add_named_adapter(self, name: str, lora: LoraConfig, checkpoint_state: dict | None = None,
+                          directory: str | None = None) -> None:
+        """Another adapter beside this module's own, named ``name``: an exported adapter ``directory`` (peft's
+        ``load_adapter``), or a Lightning checkpoint's ``state_dict`` trained with ``lora``."""
+        if directory is not None:
+            self.model.load_adapter(directory, adapter_name=name)
+            return
+        lora = copy.copy(lora)
+        lora.task_type = self.task_type
+        self.model.add_adapter(name, lora)
+        # module keys (model.<peft path>.lora_A.default.weight) → peft's saved form (<peft path>.lora_A.weight)
+        weights = {k.removeprefix("model.").replace(f".{DEFAULT_ADAPTER}.", "."): v
+                   for k, v in checkpoint_state.items() if "lora_" in k}
+        result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
+        missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
+        if missing or not weights:
+            self.model.delete_adapter(name)
+            raise UserError(f"the checkpoint's LoRA weights do not fit this base model (e.g. {missing[:1]})")
+
+    def remove_named_adapter(self, name: str) -> None:
+        self.model.delete_adapter(name)
+
+    @contextmanager
+    def named_adapter(self, name: str):
+        """Generate with adapter ``name`` (and back to this module's own afterwards)."""
+        self.model.set_adapter(name)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(DEFAULT_ADAPTER)
 
     def extra_report(self) -> dict[str, Any]:
         return {"quantization": self.quantization, "attn_implementation": self.attn_implementation,

@@ -9,8 +9,8 @@ server's absolute paths; unexpected errors name an error id whose trace is in th
 """
 
 import functools
+import json
 import logging
-import math
 import time
 import uuid
 from contextlib import ExitStack, asynccontextmanager
@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,12 +30,14 @@ from src.errors import UserError
 from src.serving import generation as gen
 from src.serving.compare_jobs import CompareJobs
 from src.serving.dashboard import dashboard_router
-from src.serving.guards import ApiKey, BodyLimit, scrub_paths
+from src.serving.access import ModelAccess, error_id, left
+from src.serving.guards import ApiKey, BodyLimit, is_openai, openai_error, scrub_paths
 from src.serving.images import ImageStore
 from src.serving.loading import LoadedModel, ModelBusy, ModelCache
+from src.serving.openai_api import openai_router
+from src.serving.streaming import Answer, start_generation
 from src.serving.registry import ModelEntry, ModelRegistry
 from src.serving.schemas import Health, ImageResponse, ModelInfo, ModelList, TextResponse, request_models
-from src.trust import Refused
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,6 @@ def validation_message(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def error_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
 def requested_conversation(body, loaded: LoadedModel) -> Conversation:
     """What the model is asked: the conversation so far, a raw prompt as one user turn, or a title (a card) in the
     run's own prompt format."""
@@ -69,7 +67,7 @@ def requested_conversation(body, loaded: LoadedModel) -> Conversation:
 
 def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, limits, *,
                max_body_bytes: int = 65536, model_wait_seconds: float = 60.0, api_key: str | None = None,
-               project_root: str | Path | None = None) -> FastAPI:
+               project_root: str | Path | None = None, resident_key=None) -> FastAPI:
     """The API over ``registry``'s models, loaded through ``cache``; ``limits`` bound request fields.
     ``project_root`` holds evaluate.py, which the dashboard's compare jobs run (this checkout by default).
 
@@ -92,12 +90,15 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
     if api_key:
         app.add_middleware(ApiKey, key=api_key)  # added last: runs first, before any body is read
     roots = [registry.logs_dir, images.directory]
-    retry_after = str(max(1, math.ceil(model_wait_seconds)))
+    access = ModelAccess(registry, cache, model_wait_seconds, resident_key)
     listing_threads = []  # /api/models' own threads (created in the event loop): never queued behind generations
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         errors = exc.errors()  # their "input" is the request body: never sent back
+        if is_openai(request.url.path):
+            first = ".".join(str(p)[:40] for p in errors[0].get("loc", ()) if p != "body") if errors else None
+            return openai_error(422, validation_message(errors), param=first or None)
         return JSONResponse(status_code=422, content={"message": validation_message(errors), "detail": [
             {"loc": [str(p)[:40] for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
             for e in errors]})
@@ -105,14 +106,19 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         detail = scrub_paths(exc.detail, roots) if isinstance(exc.detail, str) else exc.detail
+        if is_openai(request.url.path):
+            return openai_error(exc.status_code, str(detail), getattr(exc, "param", None),
+                                getattr(exc, "code", None), exc.headers)
         return JSONResponse(status_code=exc.status_code, content={"detail": detail}, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # a bug: the trace goes to the log only
         eid = error_id()
         log.error("error %s on %s %s", eid, request.method, request.url.path, exc_info=exc)
-        return JSONResponse(status_code=500, content={"detail": f"internal error {eid} — the server log has the "
-                                                                "details"})
+        message = f"internal error {eid} — the server log has the details"
+        if is_openai(request.url.path):
+            return openai_error(500, message)
+        return JSONResponse(status_code=500, content={"detail": message})
 
     def guarded(endpoint):
         """Unexpected errors become a 500 naming an error id; the trace goes to the server log."""
@@ -130,39 +136,21 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         return wrapper
 
     def entry_of(name: str, kind: str) -> ModelEntry:
-        entry = registry.get(name)  # only names from the scanned listing: never a path
-        if entry is None:
-            refused = registry.refusal(name)
-            if refused:
-                raise HTTPException(403, f"{name} is not served: {refused}")
-            raise HTTPException(404, f"unknown model {name!r} — GET /api/models lists the available names")
-        if entry.kind != kind:
-            other = "/api/generate" if entry.kind == "image" else "/api/generate_text"
-            raise HTTPException(400, f"{name} is a {entry.kind} model — use POST {other}")
-        return entry
+        other = {"image": "use POST /api/generate", "text": "use POST /api/generate_text"}
+        return access.entry(name, lambda e: e.kind == kind, lambda e: other[e.kind])
 
     def busy(name: str, why: str) -> HTTPException:
-        return HTTPException(503, f"{name} is busy ({why}) — retry after {retry_after} s",
-                             headers={"Retry-After": retry_after})
+        return access.busy(name, why)
 
     def lease(stack: ExitStack, entry: ModelEntry, deadline: float) -> LoadedModel:
-        """The entry's model, held (never evicted) until ``stack`` closes."""
-        try:
-            return stack.enter_context(cache.lease((entry.name, entry.version), entry, wait=left(deadline)))
-        except ModelBusy as err:
-            raise busy(entry.name, str(err)) from None
-        except Refused as err:
-            raise HTTPException(403, f"{entry.name} is not served: {err}") from None
-        except UserError as err:  # e.g. a truncated checkpoint: the server's files, not the request
-            eid = error_id()
-            log.error("error %s loading %s: %s", eid, entry.name, err)
-            raise HTTPException(500, f"cannot load {entry.name}: {err} (error {eid})") from None
+        return access.lease(stack, entry, deadline)
 
     @app.get("/api/health", response_model=Health, summary="Liveness and the model cache's counters (no key needed)")
     async def health() -> Health:
         stats = cache.stats()
         return Health(resident_models=stats.resident, max_resident_models=stats.max_resident,
-                      max_loaded_models=cache.max_loaded, loads=stats.loads, evictions=stats.evictions)
+                      max_loaded_models=cache.max_loaded, loads=stats.loads, evictions=stats.evictions,
+                      loaded_adapters=sum(getattr(m, "adapter_count", 0) for m in cache.resident()))
 
     @app.get("/api/models", response_model=ModelList, summary="Every model that can generate")
     async def list_models() -> ModelList:
@@ -202,6 +190,8 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
     def generate_text(body: TextRequest) -> TextResponse:
         deadline = time.monotonic() + model_wait_seconds
         entry = entry_of(body.model_name, "text")
+        if body.stream:
+            return stream_text(entry, body)
         with ExitStack() as stack:
             loaded = lease(stack, entry, deadline)
             try:
@@ -219,7 +209,29 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         return TextResponse(model_name=body.model_name, input=prompt_text(request), text=text, settings=used,
                             seed=seed)
 
+    def stream_text(entry: ModelEntry, body) -> StreamingResponse:
+        settings = body.model_dump(include=set(gen.TEXT_SETTINGS), exclude_none=True)
+        generation, _, loaded, request = start_generation(
+            access, entry, lambda loaded: requested_conversation(body, loaded), settings, seed=body.seed)
+        used, shown = gen.text_settings(loaded, settings), prompt_text(request)
+
+        def events():
+            try:
+                for _, item in generation.answers():
+                    if isinstance(item, Answer):
+                        done = TextResponse(model_name=body.model_name, input=shown, text=item.text.strip(),
+                                            settings=used, seed=generation.seeds[0])
+                        yield f"data: {json.dumps({'done': done.model_dump()}, ensure_ascii=False)}\n\n"
+                    else:
+                        yield f"data: {json.dumps({'text': item}, ensure_ascii=False)}\n\n"
+            except Exception as err:  # noqa: BLE001 (the status is sent: the error is the last event)
+                log.exception("error while streaming %s", entry.name)
+                yield f"data: {json.dumps({'error': f'generation failed ({type(err).__name__}): {err}'})}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
     app.include_router(dashboard_router(registry, jobs))
+    app.include_router(openai_router(access, limits, guarded))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -228,6 +240,3 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
 
     return app
 
-
-def left(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())

@@ -45,13 +45,13 @@ def holding(locks: list[threading.Lock], wait: float | None):
         yield
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def text_settings(loaded: LoadedModel, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model's configured generation settings with ``overrides`` (those not None) on top."""
-    return {**loaded.module.generation, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return {**loaded.generation_settings(), **{k: v for k, v in (overrides or {}).items() if v is not None}}
 
 
 def generate_texts(loaded: LoadedModel, requests: list[Conversation], settings: dict[str, Any] | None = None,
@@ -62,15 +62,27 @@ def generate_texts(loaded: LoadedModel, requests: list[Conversation], settings: 
     sampling = bool(text_settings(loaded, settings).get("do_sample"))
     if sampling and seed is None:
         seed = new_seed()
-    batch = _to_device(loaded.encoder.prompt_batch(requests), loaded.device)
-    with holding([loaded.lock, GLOBAL_RNG] if sampling else [loaded.lock], wait), loaded.adapters():
-        if sampling:
-            with torch.random.fork_rng():  # the global RNG, restored afterwards (under GLOBAL_RNG)
-                torch.manual_seed(seed)
-                texts = loaded.module.generate_texts(batch, settings)
-        else:
-            texts = loaded.module.generate_texts(batch, settings)
+    batch = to_device(loaded.encoder.prompt_batch(requests), loaded.device)
+    with holding(locks_for(loaded, sampling), wait), loaded.adapters(), seeded(seed if sampling else None):
+        texts = loaded.module.generate_texts(batch, settings)
     return texts, seed if sampling else None
+
+
+def locks_for(loaded: LoadedModel, sampling: bool) -> list[threading.Lock]:
+    """What a generation holds: the model's lock, and the global RNG's when it samples."""
+    return [loaded.lock, GLOBAL_RNG] if sampling else [loaded.lock]
+
+
+@contextmanager
+def seeded(seed: int | None):
+    """Torch's global RNG seeded with ``seed`` and restored afterwards (the caller holds ``GLOBAL_RNG``); nothing
+    for None (greedy decoding draws nothing)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def generate_images(loaded: LoadedModel, prompts: list[str], seeds: list[int],

@@ -13,24 +13,51 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 OPEN_PATHS = ("/api/health",)  # answered without a key: load balancers and the tests poll it
+KEYED_PREFIXES = ("/api/", "/v1/")
+OPENAI_PREFIX = "/v1/"
+# an OpenAI error body's "type" by status, as the OpenAI API (and so its clients) name them
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
+                      429: "rate_limit_error"}
+
+
+def is_openai(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIX)
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None) -> JSONResponse:
+    """``{"error": {"message", "type", "param", "code"}}``, the shape OpenAI clients read their errors from."""
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def error_response(path: str, status: int, message: str, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    """An error in the shape the path's clients read: OpenAI's under /v1/, ``{"detail": ...}`` elsewhere."""
+    if is_openai(path):
+        return openai_error(status, message, code=code, headers=headers)
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"(),:;/]+/)*([^\s'\"(),:;/]+)")
 
 
 class ApiKey:
-    """Every ``/api/*`` request but ``/api/health`` carries ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``;
-    others get a 401."""
+    """Every ``/api/*`` and ``/v1/*`` request but ``/api/health`` carries ``X-API-Key: <key>`` or
+    ``Authorization: Bearer <key>``; others get a 401."""
 
     def __init__(self, app, key: str):
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/api/") and scope["path"] not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(KEYED_PREFIXES) and path not in OPEN_PATHS:
             headers = Headers(scope=scope)
             given = headers.get("x-api-key") or bearer_token(headers.get("authorization"))
             if not given or not hmac.compare_digest(given.encode(), self.key):
-                response = JSONResponse({"detail": "missing or wrong API key — send the header X-API-Key: <key> "
-                                                   "or Authorization: Bearer <key>"},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                response = error_response(path, 401, "missing or wrong API key — send the header X-API-Key: <key> "
+                                          "or Authorization: Bearer <key>", code="invalid_api_key",
+                                          headers={"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -79,7 +106,8 @@ class BodyLimit:
 
     async def _too_large(self, scope, receive, send):
         message = f"request body is larger than max_body_bytes={self.max_bytes} — send a shorter request"
-        response = JSONResponse({"detail": message}, status_code=413, headers={"Connection": "close"})
+        response = error_response(scope.get("path", ""), 413, message, code="request_too_large",
+                                  headers={"Connection": "close"})
         await response(scope, receive, send)
 
 

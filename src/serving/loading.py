@@ -7,7 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,43 +60,63 @@ class LoadedModel:
     encoder: Any | None = None
     prompt_template: str | None = None  # the data's, for the export record
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # on a base shared by many adapters (resident.py): this target's adapter and its run's generation settings
+    adapter: str | None = None
+    generation: dict | None = None
 
     def adapters(self):
-        """The context to generate in: the base model for a base target, the fine-tuned one otherwise."""
-        return self.module.adapters_disabled() if self.is_base else nullcontext()
+        """The context to generate in (the caller holds ``lock``): the base model for a base target, the target's
+        adapter otherwise, with the target's own generation settings."""
+        if self.is_base:
+            switch = self.module.adapters_disabled()
+        else:
+            switch = self.module.named_adapter(self.adapter) if self.adapter else nullcontext()
+        return switch if self.generation is None else _stacked(switch, _generation_of(self.module, self.generation))
+
+    def generation_settings(self) -> dict:
+        return dict(self.module.generation if self.generation is None else self.generation)
 
     def request(self, text: str) -> Conversation:
         """What a user types (a title, a card), formatted as the run's training prompts were."""
         return self.format.request(text)
 
 
-def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> LoadedModel:
-    """The target's module in eval mode on ``device``; text models come with their data's format and their
-    family's encoder (the datamodule is built from config, reads nothing and is not kept).
-
-    ``cfg`` provides ``model`` and ``data`` unless the target belongs to a run, whose own config wins.
-    """
+def serving_config(cfg: DictConfig, target: EvalTarget) -> DictConfig:
+    """The config a target is served with: its run's own model and data (else ``cfg``'s), no metric models."""
     if target.run_dir is not None:
         cfg = with_run_config(cfg, target.run_dir)
     if "model" not in cfg:
         raise UserError("no model config: pass a run directory, a checkpoint inside one, or model=<config>")
     check_model_fits_data(cfg)
     check_quantization(cfg.model.get("quantization"))
-    torch_device = check_device(device)
     cfg = cfg.copy()
     with open_dict(cfg):
         if "metrics" in cfg.model:  # serving computes no FID/CLIP: do not build (or download) their models
             cfg.model.metrics = None
+    return cfg
+
+
+def text_parts(cfg: DictConfig, tokenizer) -> dict[str, Any]:
+    """A text target's data format and its family's encoder (the datamodule is built from config, reads
+    nothing and is not kept)."""
+    data = build_data(cfg)
+    return dict(format=data.format, prompt_template=cfg.data.get("prompt_template"),
+                encoder=FAMILIES.of_config(cfg.model).encoder(tokenizer, data.lengths, cfg.model))
+
+
+def load_model(cfg: DictConfig, target: EvalTarget, device: str = "cpu") -> LoadedModel:
+    """The target's module in eval mode on ``device``; text models come with their data's format and their
+    family's encoder.
+
+    ``cfg`` provides ``model`` and ``data`` unless the target belongs to a run, whose own config wins.
+    """
+    cfg = serving_config(cfg, target)
+    torch_device = check_device(device)
     family = FAMILIES.of_config(cfg.model)
-    text = {}
-    if family.kind == "text":  # the image datamodule only feeds training and evaluation
-        data = build_data(cfg)
-        text = dict(format=data.format, prompt_template=cfg.data.get("prompt_template"))
     with GLOBAL_RNG:
         module = instantiate_config(cfg.model)
         load_target_weights(module, target)  # an adapter's layers are initialised before its weights load
-    if family.kind == "text":
-        text["encoder"] = family.encoder(module.tokenizer, data.lengths, cfg.model)
+    text = text_parts(cfg, module.tokenizer) if family.kind == "text" else {}
     module.eval()
     if not cfg.model.get("quantization"):  # k-bit weights are placed by bitsandbytes when loading
         module.to(torch_device)
@@ -110,6 +130,23 @@ def load_from_command_line(cfg: DictConfig) -> tuple[EvalTarget, LoadedModel]:
     target = resolve_target(str(cfg.ckpt), cfg.get("config_from"))
     check_device(cfg.device)  # before any weights are read
     return target, load_model(cfg, target, cfg.device)
+
+
+@contextmanager
+def _generation_of(module, settings: dict):
+    saved, module.generation = module.generation, dict(settings)
+    try:
+        yield
+    finally:
+        module.generation = saved
+
+
+@contextmanager
+def _stacked(*contexts):
+    with ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
 
 
 class ModelBusy(Exception):
@@ -220,6 +257,10 @@ class ModelCache:
         """Resident models, least recently used first."""
         with self._changed:
             return list(self._models)
+
+    def resident(self) -> list[Any]:
+        with self._changed:
+            return list(self._models.values())
 
     def stats(self) -> CacheStats:
         with self._changed:

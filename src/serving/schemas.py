@@ -40,6 +40,7 @@ class Health(BaseModel):
     max_loaded_models: int
     loads: int
     evictions: int
+    loaded_adapters: int = Field(0, description="adapters put on the resident base models (one base serves many)")
 
 
 class TextResponse(BaseModel):
@@ -81,6 +82,8 @@ def request_models(limits: Any) -> SimpleNamespace:
         prompt: str | None = Field(None, **text_bounds)
         messages: list[Message] | None = Field(None, min_length=1, max_length=int(limits.get("max_messages", 64)))
         seed: int | None = SEED
+        stream: bool = Field(False, description="server-sent events: {\"text\": piece} as tokens come, then "
+                                                "{\"done\": <the response>} (one beam only)")
 
         @model_validator(mode="after")
         def one_input(self):

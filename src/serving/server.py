@@ -3,7 +3,6 @@
 import logging
 import os
 import socket
-from functools import partial
 from pathlib import Path
 
 import uvicorn
@@ -14,8 +13,9 @@ from src.serving.app import create_app
 from src.serving.bases import base_model_entries
 from src.serving.guards import exposure_warning
 from src.serving.images import ImageStore
-from src.serving.loading import ModelCache, check_device, load_model
-from src.serving.registry import ModelEntry, ModelRegistry
+from src.serving.loading import ModelCache, check_device
+from src.serving.registry import ModelRegistry
+from src.serving.resident import Residents
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ def check_port_free(host: str, port: int) -> None:
                             "— stop what uses it or pass port=<another>") from None
 
 
-def load_entry(cfg: DictConfig, device: str, entry: ModelEntry):
-    return load_model(entry.config if entry.config is not None else cfg, entry.target, device)
-
-
 def build_app(cfg: DictConfig):
     logs_dir = Path(cfg.logs_dir).expanduser()
     if not logs_dir.is_dir():
@@ -43,13 +39,14 @@ def build_app(cfg: DictConfig):
     config_dir = Path(cfg.paths.root_dir) / "conf"
     bases = base_model_entries("serve", config_dir, cfg.base_data) if cfg.list_base_models else []
     registry = ModelRegistry(logs_dir, bases)
-    cache = ModelCache(partial(load_entry, cfg, cfg.device), cfg.max_loaded_models)
+    residents = Residents(cfg, cfg.device, cfg.max_adapters_per_base)
+    cache = ModelCache(residents.load, cfg.max_loaded_models)
     if cfg.max_body_bytes < 1024 or cfg.model_wait_seconds <= 0:
         raise UserError(f"max_body_bytes={cfg.max_body_bytes} must be at least 1024 and model_wait_seconds="
                         f"{cfg.model_wait_seconds} above 0 — fix them in conf/serve.yaml or on the command line")
     app = create_app(registry, cache, ImageStore(cfg.output_dir, cfg.max_saved_images), cfg.limits,
                      max_body_bytes=cfg.max_body_bytes, model_wait_seconds=cfg.model_wait_seconds,
-                     api_key=api_key_of(cfg), project_root=cfg.paths.root_dir)
+                     api_key=api_key_of(cfg), project_root=cfg.paths.root_dir, resident_key=residents.key)
     return app, registry
 
 

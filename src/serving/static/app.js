@@ -51,6 +51,34 @@ async function api(path, { method = "GET", body } = {}) {
   return response.json();
 }
 
+// POST /api/generate_text with stream: true: onText(the text so far) as tokens arrive; resolves to the response
+async function streamText(body, onText) {
+  const headers = { ...apiHeaders(), "Content-Type": "application/json" };
+  const response = await send("/api/generate_text",
+    { method: "POST", headers, body: JSON.stringify({ ...body, stream: true }) });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let text = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {  // server-sent events: "data: <json>" and a blank line
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      if (!event.startsWith("data: ")) continue;
+      const data = JSON.parse(event.slice(6));
+      if (data.error) throw new ApiError(data.error, 500);
+      if (data.done) return data.done;
+      text += data.text;
+      onText(text);
+    }
+  }
+  throw new ApiError("the answer's stream ended early — is serve.py still running?", 0);
+}
+
 // an image behind the API key: <img src> cannot send the header, so fetch it and hand the img an object URL
 async function apiObjectUrl(path) {
   const response = await send(path, { headers: apiHeaders() });
@@ -596,8 +624,8 @@ function textMode() {
   return document.querySelector("input[name=text-mode]:checked").value;
 }
 
-function renderConversation() {
-  $("chat-transcript").replaceChildren(...conversation.map((m) => el("li",
+function renderConversation(turns = conversation) {
+  $("chat-transcript").replaceChildren(...turns.map((m) => el("li",
     { className: `turn ${m.role}`, dataset: { testid: "chat-turn", role: m.role } },
     el("span", { className: "role" }, m.role === "user" ? "You" : "Model"), " ", m.content)));
 }
@@ -626,15 +654,17 @@ async function chatTurn(name, input, seed) {
   const errorBox = $("text-error");
   const messages = [...conversation, { role: "user", content: input }];
   const stop = startBusy($("text-generate"), $("text-busy"), "generating");
+  $("text-input").value = "";  // sent: the next message can be typed while this answer streams
   try {
-    const answer = await api("/api/generate_text", { method: "POST", body: { model_name: name, messages,
-                                                                             ...textSettings(), seed } });
+    const answer = await generateOne({ model_name: name, messages, ...textSettings(), seed },
+      (text) => renderConversation([...messages, { role: "assistant", content: text }]));
     conversation = [...messages, { role: "assistant", content: answer.text }];
     renderConversation();
-    $("text-input").value = "";
     $("text-results").replaceChildren(textCard(name, 0, { status: "fulfilled", value: answer }, stop()));
   } catch (err) {
     stop();
+    renderConversation();
+    if (!$("text-input").value) $("text-input").value = input;  // not answered: the message comes back
     showError(errorBox, err);
   }
 }
@@ -653,8 +683,11 @@ async function generateText(event) {
   // one seed for both sides
   const names = [primary, $("text-compare-model").value].filter((n, i, all) => n && all.indexOf(n) === i);
   const stop = startBusy($("text-generate"), $("text-busy"), "generating");
-  const results = await Promise.allSettled(names.map((name) =>
-    api("/api/generate_text", { method: "POST", body: { model_name: name, [mode]: input, ...textSettings(), seed } })));
+  const live = names.map((name, i) => textCard(name, i, { status: "pending" }));
+  $("text-results").replaceChildren(...live);
+  const results = await Promise.allSettled(names.map((name, i) =>
+    generateOne({ model_name: name, [mode]: input, ...textSettings(), seed },
+      (text) => { live[i].querySelector("[data-testid=text-output]").textContent = text; })));
   const seconds = stop();
   if (results.every((r) => r.status === "rejected")) {
     $("text-results").replaceChildren();
@@ -663,10 +696,24 @@ async function generateText(event) {
   $("text-results").replaceChildren(...results.map((result, i) => textCard(names[i], i, result, seconds)));
 }
 
+// streamed when the box is ticked and one beam is asked for (tokens cannot stream from a beam search)
+function streaming() {
+  return $("text-stream").checked && !(numberField("text-num-beams") > 1);
+}
+
+async function generateOne(body, onText) {
+  return streaming() ? streamText(body, onText) : api("/api/generate_text", { method: "POST", body });
+}
+
 function textCard(name, index, result, seconds) {
   const card = el("article", { className: "card", dataset: { testid: "text-card", model: name } },
     el("h3", {}, el("span", { className: "role" }, index === 0 ? "Model" : "Compare with"), " ",
       el("span", { className: "mono" }, name)));
+  if (result.status === "pending") {  // filled in as the tokens arrive
+    card.dataset.streaming = "true";
+    card.append(el("p", { className: "generated-text", dataset: { testid: "text-output" } }, ""));
+    return card;
+  }
   if (result.status === "rejected") {
     card.append(errorLine(result.reason.message));
     return card;
