@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, THREADS, WORK, quiet  # noqa: E402
 
-ROWS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
+ROWS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l")
 MET = {True: "yes", False: "NO", None: "-"}  # None: reported beside the row's target
 
 
@@ -62,6 +62,9 @@ def run_row(name: str, quick: bool, records: int | None) -> list[dict]:
     if name == "k":
         from bench.sft import bench_sft_vs_trl
         return bench_sft_vs_trl(quick)
+    if name == "l":
+        from bench.adapters import bench_adapters
+        return bench_adapters(quick)
     from bench.training import bench_training_overhead_base
     return [bench_training_overhead_base(quick)]
 
