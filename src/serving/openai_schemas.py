@@ -60,10 +60,17 @@ def openai_request_models(limits: Any) -> SimpleNamespace:
         stop: str | list[str] | None = Field(None, description="up to 4 strings; the text ends before the first")
         stream: bool = False
         stream_options: StreamOptions | None = None
-        frequency_penalty: float = Field(0, ge=0, le=0, description="not supported: 0 only")
-        presence_penalty: float = Field(0, ge=0, le=0, description="not supported: 0 only")
+        frequency_penalty: float = Field(0, description="not supported: 0 only")
+        presence_penalty: float = Field(0, description="not supported: 0 only")
         user: str | None = Field(None, max_length=256)
         metadata: dict[str, str] | None = None
+
+        @field_validator("frequency_penalty", "presence_penalty")
+        @classmethod
+        def no_penalty(cls, value):
+            if value:
+                raise ValueError("not supported by this server — leave it out (or 0)")
+            return value
 
         @field_validator("stop")
         @classmethod
@@ -90,7 +97,14 @@ def openai_request_models(limits: Any) -> SimpleNamespace:
     class CompletionRequest(Common):
         prompt: str = Field(min_length=1, max_length=max_chars, description="given to the model as is")
         max_tokens: int | None = Field(None, ge=1, le=int(limits.max_new_tokens))
-        echo: bool = Field(False, le=False, description="not supported: false only")
+        echo: bool = Field(False, description="not supported: false only")
+
+        @field_validator("echo")
+        @classmethod
+        def no_echo(cls, value):
+            if value:
+                raise ValueError("not supported by this server — leave it out (or false)")
+            return value
 
         def new_tokens(self) -> int | None:
             return self.max_tokens
