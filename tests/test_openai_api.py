@@ -173,8 +173,8 @@ def test_v1_errors_have_openais_shape_and_the_key_covers_v1(tmp_path):
     status, _, body = call(app, "POST", "/v1/completions", {"model": "base/echo", "prompt": "x", "n": 99},
                            headers={"Authorization": "Bearer k"})
     assert status == 422 and body["error"]["param"] == "n" and "\n" not in body["error"]["message"]
-    status, _, body = call(app, "POST", "/v1/completions", {"model": "base/echo", "prompt": "x", "presence_penalty": 0.5},
-                           headers={"Authorization": "Bearer k"})
+    penalised = {"model": "base/echo", "prompt": "x", "presence_penalty": 0.5}
+    status, _, body = call(app, "POST", "/v1/completions", penalised, headers={"Authorization": "Bearer k"})
     assert status == 422 and "presence_penalty: Value error, not supported" in body["error"]["message"]
     status, _, body = call(app, "POST", "/v1/completions", {"model": "base/echo", "prompt": "x" * 4000},
                            headers={"Authorization": "Bearer k"})
