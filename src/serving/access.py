@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable, Hashable
 from contextlib import ExitStack
 
+import anyio
+import anyio.to_thread
 from fastapi import HTTPException
 
 from src.errors import UserError
@@ -40,6 +42,14 @@ class ModelAccess:
         # which resident model serves an entry (serve.py: one per base model, resident.py); else one per entry
         self.resident_key = resident_key or (lambda entry: (entry.name, entry.version))
         self.retry_after = str(max(1, math.ceil(model_wait_seconds)))
+        self._listing_threads: anyio.CapacityLimiter | None = None
+
+    async def listed(self) -> list[ModelEntry]:
+        """The registry's (re)scanned listing, on threads of its own (created in the event loop on first use): a
+        listing never queues behind generations in the default thread pool."""
+        if self._listing_threads is None:
+            self._listing_threads = anyio.CapacityLimiter(2)
+        return await anyio.to_thread.run_sync(self.registry.list, limiter=self._listing_threads)
 
     def deadline(self) -> float:
         return time.monotonic() + self.wait

@@ -9,7 +9,6 @@ server's absolute paths; unexpected errors name an error id whose trace is in th
 """
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -31,11 +30,11 @@ from src.serving import generation as gen
 from src.serving.compare_jobs import CompareJobs
 from src.serving.dashboard import dashboard_router
 from src.serving.access import ModelAccess, error_id, left
-from src.serving.guards import ApiKey, BodyLimit, is_openai, openai_error, scrub_paths
+from src.serving.guards import ApiKey, BodyLimit, error_response, is_openai, openai_error, scrub_paths
 from src.serving.images import ImageStore
 from src.serving.loading import LoadedModel, ModelBusy, ModelCache
 from src.serving.openai_api import openai_router
-from src.serving.streaming import Answer, start_generation
+from src.serving.streaming import Answer, sse_event, start_generation
 from src.serving.registry import ModelEntry, ModelRegistry
 from src.serving.schemas import Health, ImageResponse, ModelInfo, ModelList, TextResponse, request_models
 
@@ -91,7 +90,6 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         app.add_middleware(ApiKey, key=api_key)  # added last: runs first, before any body is read
     roots = [registry.logs_dir, images.directory]
     access = ModelAccess(registry, cache, model_wait_seconds, resident_key)
-    listing_threads = []  # /api/models' own threads (created in the event loop): never queued behind generations
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -106,19 +104,14 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         detail = scrub_paths(exc.detail, roots) if isinstance(exc.detail, str) else exc.detail
-        if is_openai(request.url.path):
-            return openai_error(exc.status_code, str(detail), getattr(exc, "param", None),
-                                getattr(exc, "code", None), exc.headers)
-        return JSONResponse(status_code=exc.status_code, content={"detail": detail}, headers=exc.headers)
+        return error_response(request.url.path, exc.status_code, detail, getattr(exc, "code", None), exc.headers,
+                              param=getattr(exc, "param", None))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # a bug: the trace goes to the log only
         eid = error_id()
         log.error("error %s on %s %s", eid, request.method, request.url.path, exc_info=exc)
-        message = f"internal error {eid} — the server log has the details"
-        if is_openai(request.url.path):
-            return openai_error(500, message)
-        return JSONResponse(status_code=500, content={"detail": message})
+        return error_response(request.url.path, 500, f"internal error {eid} — the server log has the details")
 
     def guarded(endpoint):
         """Unexpected errors become a 500 naming an error id; the trace goes to the server log."""
@@ -139,12 +132,6 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         other = {"image": "use POST /api/generate", "text": "use POST /api/generate_text"}
         return access.entry(name, lambda e: e.kind == kind, lambda e: other[e.kind])
 
-    def busy(name: str, why: str) -> HTTPException:
-        return access.busy(name, why)
-
-    def lease(stack: ExitStack, entry: ModelEntry, deadline: float) -> LoadedModel:
-        return access.lease(stack, entry, deadline)
-
     @app.get("/api/health", response_model=Health, summary="Liveness and the model cache's counters (no key needed)")
     async def health() -> Health:
         stats = cache.stats()
@@ -154,9 +141,7 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
 
     @app.get("/api/models", response_model=ModelList, summary="Every model that can generate")
     async def list_models() -> ModelList:
-        if not listing_threads:
-            listing_threads.append(anyio.CapacityLimiter(2))
-        entries = await anyio.to_thread.run_sync(registry.list, limiter=listing_threads[0])
+        entries = await access.listed()
         return ModelList(models=[ModelInfo(**e.info()) for e in entries])
 
     @app.post("/api/generate", response_model=ImageResponse, summary="Generate images (image models)")
@@ -168,12 +153,12 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         seeds = [first + i for i in range(body.num_images)]
         settings = {"num_inference_steps": body.num_inference_steps, "guidance_scale": body.guidance_scale}
         with ExitStack() as stack:
-            loaded = lease(stack, entry, deadline)
+            loaded = access.lease(stack, entry, deadline)
             try:
                 pictures = gen.generate_images(loaded, [body.prompt] * body.num_images, seeds, settings,
                                                wait=left(deadline))
             except ModelBusy as err:
-                raise busy(entry.name, str(err)) from None
+                raise access.busy(entry.name, str(err)) from None
             except ValueError as err:  # settings the pipeline rejects
                 raise HTTPException(422, f"cannot generate with these settings: {err}") from err
         stamp = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -193,7 +178,7 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
         if body.stream:
             return stream_text(entry, body)
         with ExitStack() as stack:
-            loaded = lease(stack, entry, deadline)
+            loaded = access.lease(stack, entry, deadline)
             try:
                 request = requested_conversation(body, loaded)
             except UserError as err:  # e.g. an unknown tarot card
@@ -202,7 +187,7 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
             try:
                 (text,), seed = gen.generate_texts(loaded, [request], settings, body.seed, wait=left(deadline))
             except ModelBusy as err:
-                raise busy(entry.name, str(err)) from None
+                raise access.busy(entry.name, str(err)) from None
             except ValueError as err:  # transformers rejects combinations (e.g. beams with groups)
                 raise HTTPException(422, f"cannot generate with these settings: {err}") from err
             used = gen.text_settings(loaded, settings)
@@ -221,12 +206,12 @@ def create_app(registry: ModelRegistry, cache: ModelCache, images: ImageStore, l
                     if isinstance(item, Answer):
                         done = TextResponse(model_name=body.model_name, input=shown, text=item.text.strip(),
                                             settings=used, seed=generation.seeds[0])
-                        yield f"data: {json.dumps({'done': done.model_dump()}, ensure_ascii=False)}\n\n"
+                        yield sse_event({"done": done.model_dump()})
                     else:
-                        yield f"data: {json.dumps({'text': item}, ensure_ascii=False)}\n\n"
+                        yield sse_event({"text": item})
             except Exception as err:  # noqa: BLE001 (the status is sent: the error is the last event)
                 log.exception("error while streaming %s", entry.name)
-                yield f"data: {json.dumps({'error': f'generation failed ({type(err).__name__}): {err}'})}\n\n"
+                yield sse_event({"error": f"generation failed ({type(err).__name__}): {err}"})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -13,6 +13,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 OPEN_PATHS = ("/api/health",)  # answered without a key: load balancers and the tests poll it
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"(),:;/]+/)*([^\s'\"(),:;/]+)")
 KEYED_PREFIXES = ("/api/", "/v1/")
 OPENAI_PREFIX = "/v1/"
 # an OpenAI error body's "type" by status, as the OpenAI API (and so its clients) name them
@@ -33,13 +34,12 @@ def openai_error(status: int, message: str, param: str | None = None, code: str 
                         status_code=status, headers=headers)
 
 
-def error_response(path: str, status: int, message: str, code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
+def error_response(path: str, status: int, message, code: str | None = None, headers: dict | None = None,
+                   param: str | None = None) -> JSONResponse:
     """An error in the shape the path's clients read: OpenAI's under /v1/, ``{"detail": ...}`` elsewhere."""
     if is_openai(path):
-        return openai_error(status, message, code=code, headers=headers)
+        return openai_error(status, str(message), param, code, headers)
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\"(),:;/]+/)*([^\s'\"(),:;/]+)")
 
 
 class ApiKey:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,14 +64,18 @@ class LoadedModel:
     adapter: str | None = None
     generation: dict | None = None
 
+    @contextmanager
     def adapters(self):
         """The context to generate in (the caller holds ``lock``): the base model for a base target, the target's
         adapter otherwise, with the target's own generation settings."""
-        if self.is_base:
-            switch = self.module.adapters_disabled()
-        else:
-            switch = self.module.named_adapter(self.adapter) if self.adapter else nullcontext()
-        return switch if self.generation is None else _stacked(switch, _generation_of(self.module, self.generation))
+        with ExitStack() as stack:
+            if self.is_base:
+                stack.enter_context(self.module.adapters_disabled())
+            elif self.adapter:
+                stack.enter_context(self.module.named_adapter(self.adapter))
+            if self.generation is not None:
+                stack.enter_context(_generation_of(self.module, self.generation))
+            yield
 
     def generation_settings(self) -> dict:
         return dict(self.module.generation if self.generation is None else self.generation)
@@ -139,14 +143,6 @@ def _generation_of(module, settings: dict):
         yield
     finally:
         module.generation = saved
-
-
-@contextmanager
-def _stacked(*contexts):
-    with ExitStack() as stack:
-        for context in contexts:
-            stack.enter_context(context)
-        yield
 
 
 class ModelBusy(Exception):

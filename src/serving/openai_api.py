@@ -6,15 +6,12 @@ Same names, key, body limit, model cache, waits and trust checks as the native e
 shape (``{"error": {"message", "type", "param", "code"}}``) with the native status codes and one-line messages.
 """
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
@@ -23,7 +20,7 @@ from src.families.registry import FAMILIES
 from src.serving.access import ApiError, ModelAccess
 from src.serving.openai_schemas import generation_settings, openai_request_models
 from src.serving.registry import ModelEntry
-from src.serving.streaming import Answer, Generation, start_generation
+from src.serving.streaming import SSE_DONE, Answer, Generation, sse_event, start_generation
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +50,17 @@ def listing_order(entries: list[ModelEntry]) -> list[ModelEntry]:
     return sorted(entries, key=lambda e: (not e.recommended, e.source == "base", e.run is None))
 
 
-class Sse:
-    """Server-sent event lines of one response."""
-
-    @staticmethod
-    def event(payload: dict) -> str:
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-    done = "data: [DONE]\n\n"
-
-
 def openai_router(access: ModelAccess, limits, guarded: Callable) -> APIRouter:
     bodies = openai_request_models(limits)
     ChatCompletionRequest, CompletionRequest = bodies.ChatCompletionRequest, bodies.CompletionRequest  # noqa: N806
     router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
-    listing_threads: list[anyio.CapacityLimiter] = []
-
-    async def entries() -> list[ModelEntry]:
-        if not listing_threads:
-            listing_threads.append(anyio.CapacityLimiter(2))
-        return await anyio.to_thread.run_sync(access.registry.list, limiter=listing_threads[0])
-
     @router.get("/models", summary="Every servable model: recommended checkpoints first, then the rest, then bases")
     async def list_models() -> dict:
-        return {"object": "list", "data": [model_object(e) for e in listing_order(await entries())]}
+        return {"object": "list", "data": [model_object(e) for e in listing_order(await access.listed())]}
 
     @router.get("/models/{model_id:path}", summary="One model")
     async def get_model(model_id: str) -> dict:
-        entry = next((e for e in await entries() if e.name == model_id), None)
+        entry = next((e for e in await access.listed() if e.name == model_id), None)
         if entry is None:
             raise ApiError(404, f"unknown model {model_id!r} — GET /v1/models lists the available names", "model",
                            "model_not_found")
@@ -133,20 +113,20 @@ def stream_events(generation: Generation, shape: "ResponseShape", prompt_tokens:
         for index, item in generation.answers():
             if index not in started:
                 started.add(index)
-                yield Sse.event(shape.chunk(index, first=True))
+                yield sse_event(shape.chunk(index, first=True))
             if isinstance(item, Answer):
                 done.append(item)
-                yield Sse.event(shape.chunk(index, finish_reason=item.finish_reason))
+                yield sse_event(shape.chunk(index, finish_reason=item.finish_reason))
             else:
-                yield Sse.event(shape.chunk(index, piece=item))
+                yield sse_event(shape.chunk(index, piece=item))
         if with_usage:
-            yield Sse.event({**shape.chunk_head(), "choices": [], "usage": usage_of(prompt_tokens, done)})
+            yield sse_event({**shape.chunk_head(), "choices": [], "usage": usage_of(prompt_tokens, done)})
     except Exception as err:  # noqa: BLE001 (the status is sent: the error becomes the stream's last event)
         log.exception("error while streaming %s", shape.model)
         message = f"cannot generate with these settings: {err}" if isinstance(err, ValueError) else \
             f"generation failed ({type(err).__name__}) — the server log has the details"
-        yield Sse.event({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
-    yield Sse.done
+        yield sse_event({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+    yield SSE_DONE
 
 
 def usage_of(prompt_tokens: int, answers: list[Answer]) -> dict[str, int]:

@@ -120,24 +120,29 @@ class Residents:
         if max_adapters < 1:
             raise UserError(f"max_adapters_per_base={max_adapters} must be at least 1")
         self.cfg, self.device, self.max_adapters = cfg, device, max_adapters
-        self._configs: OrderedDict[tuple[str, int], DictConfig] = OrderedDict()  # read once per target version
+        # (config, base signature) of each target version, read once: key() runs on every request
+        self._configs: OrderedDict[tuple[str, int], tuple[DictConfig, str]] = OrderedDict()
         self._configs_lock = threading.Lock()
 
-    def config_of(self, entry: ModelEntry) -> DictConfig:
+    def _config_and_signature(self, entry: ModelEntry) -> tuple[DictConfig, str]:
         key = (entry.name, entry.version)
         with self._configs_lock:
             if key in self._configs:
                 return self._configs[key]
         cfg = serving_config(entry.config if entry.config is not None else self.cfg, entry.target)
+        known = (cfg, base_signature(cfg.model))
         with self._configs_lock:
-            self._configs[key] = cfg
+            self._configs[key] = known
             while len(self._configs) > 1024:
                 self._configs.popitem(last=False)
-        return cfg
+        return known
+
+    def config_of(self, entry: ModelEntry) -> DictConfig:
+        return self._config_and_signature(entry)[0]
 
     def key(self, entry: ModelEntry) -> tuple[Any, ...]:
         if entry.kind == "text":
-            return ("base", base_signature(self.config_of(entry).model))
+            return ("base", self._config_and_signature(entry)[1])
         return (entry.name, entry.version)
 
     def load(self, entry: ModelEntry):

@@ -7,6 +7,7 @@ and closes it when its last answer is done: a client that goes away mid-stream n
 than that generation (``cancel`` stops it at the next token).
 """
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -22,6 +23,14 @@ from src.serving import generation as gen
 from src.serving.access import ApiError, ModelAccess, left
 from src.serving.loading import LoadedModel, ModelBusy
 from src.serving.registry import ModelEntry
+
+
+SSE_DONE = "data: [DONE]\n\n"  # the OpenAI API's last event
+
+
+def sse_event(payload: dict) -> str:
+    """One server-sent event carrying ``payload`` as JSON."""
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 class StopFilter:
@@ -166,14 +175,15 @@ class Generation:
 def start_generation(access: ModelAccess, entry: ModelEntry, request_of: Callable[[LoadedModel], Conversation],
                      settings: dict[str, Any], n: int = 1, seed: int | None = None, stops: list[str] | None = None
                      ) -> tuple[Generation, int, LoadedModel, Conversation]:
-    """``n`` answers to ``request_of(model)`` generating in their own thread, which holds the model until they end; and the
-    prompt's token count. Unknown or busy models and requests the encoder rejects fail here, before any byte of a
-    response is sent. Sampled answers use ``seed + i`` (a fresh seed each without one)."""
+    """``n`` answers to ``request_of(model)`` generating in their own thread, which holds the model until they end;
+    and the prompt's token count. Unknown or busy models and requests the encoder rejects fail here, before any
+    byte of a response is sent. Sampled answers use ``seed + i`` (a fresh seed each without one)."""
     deadline = access.deadline()
     with ExitStack() as stack:
         loaded = access.lease(stack, entry, deadline)
-        sampling = bool(gen.text_settings(loaded, settings).get("do_sample"))
-        if gen.text_settings(loaded, settings).get("num_beams", 1) > 1:
+        used = gen.text_settings(loaded, settings)
+        sampling = bool(used.get("do_sample"))
+        if used.get("num_beams", 1) > 1:
             raise ApiError(422, "tokens cannot stream from a beam search — set num_beams=1", "num_beams")
         seeds = [None if not sampling else gen.new_seed() if seed is None else seed + i for i in range(n)]
         try:
